@@ -2,7 +2,10 @@
 //! voice activity, turn-taking, the agent loop, audio out) and the transports
 //! that carry it (SIP/RTP, media-stream WebSocket, WebRTC).
 //!
-//! This crate is being built issue by issue; today it re-exports the audio
-//! foundation it stands on.
+//! The cores are sans-IO state machines: they take timestamped inputs and
+//! return outputs, so every rule is testable on virtual time.
+
+pub mod audio;
+pub mod turns;
 
 pub use callingbox_codecs as codecs;

@@ -1,0 +1,1 @@
+//! Audio in: the jitter buffer that turns arriving packets into one frame per tick.

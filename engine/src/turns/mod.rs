@@ -1,0 +1,1 @@
+//! Turn-taking: endpointing, barge-in, backchannels, false-interruption recovery, idle handling.
