@@ -6,6 +6,8 @@
 //! return outputs, so every rule is testable on virtual time.
 
 pub mod audio;
+pub mod clock;
 pub mod turns;
+pub mod vad;
 
 pub use callingbox_codecs as codecs;
