@@ -7,8 +7,11 @@
 //! quantization interval. `tests/g711_reference.rs` checks all 65,536 inputs
 //! and all 256 codes against tables made by that independent implementation.
 //!
-//! Encoding computes the segment with `leading_zeros` (no 64 KiB table to
-//! evict the cache); decoding is a 256-entry table built at compile time.
+//! Both directions are table lookups built at compile time from the
+//! arithmetic definitions below: 64 KiB per law for encoding (speech
+//! samples cluster near zero, so the hot part of the table stays in L1),
+//! 512 bytes per law for decoding. The arithmetic versions stay public for
+//! single samples and are what the tables are checked against.
 
 use crate::{CodecError, MediaTime, PcmFrame, SampleRate};
 
@@ -19,7 +22,11 @@ const ULAW_CLIP: i32 = 8159;
 
 /// Encodes one sample to mu-law.
 #[inline]
-pub const fn ulaw_encode_sample(sample: i16) -> u8 {
+pub fn ulaw_encode_sample(sample: i16) -> u8 {
+    ULAW_ENCODE[sample as u16 as usize]
+}
+
+const fn ulaw_encode_computed(sample: i16) -> u8 {
     let mut magnitude = (sample >> 2) as i32;
     let mask: u8 = if magnitude < 0 {
         magnitude = -magnitude;
@@ -60,7 +67,11 @@ const fn ulaw_decode_computed(code: u8) -> i16 {
 
 /// Encodes one sample to A-law.
 #[inline]
-pub const fn alaw_encode_sample(sample: i16) -> u8 {
+pub fn alaw_encode_sample(sample: i16) -> u8 {
+    ALAW_ENCODE[sample as u16 as usize]
+}
+
+const fn alaw_encode_computed(sample: i16) -> u8 {
     let mut magnitude = (sample >> 3) as i32;
     let mask: u8 = if magnitude >= 0 {
         0xD5
@@ -114,6 +125,23 @@ const fn build_decode_table(law: G711Law) -> [i16; 256] {
     table
 }
 
+/// Indexed by the sample's bit pattern (`sample as u16`).
+const fn build_encode_table(law: G711Law) -> [u8; 65_536] {
+    let mut table = [0u8; 65_536];
+    let mut index = 0;
+    while index < 65_536 {
+        let sample = index as u16 as i16;
+        table[index] = match law {
+            G711Law::MuLaw => ulaw_encode_computed(sample),
+            G711Law::ALaw => alaw_encode_computed(sample),
+        };
+        index += 1;
+    }
+    table
+}
+
+static ULAW_ENCODE: [u8; 65_536] = build_encode_table(G711Law::MuLaw);
+static ALAW_ENCODE: [u8; 65_536] = build_encode_table(G711Law::ALaw);
 static ULAW_DECODE: [i16; 256] = build_decode_table(G711Law::MuLaw);
 static ALAW_DECODE: [i16; 256] = build_decode_table(G711Law::ALaw);
 
@@ -146,12 +174,12 @@ impl G711Law {
         match self {
             G711Law::MuLaw => {
                 for (code, &sample) in out.iter_mut().zip(pcm) {
-                    *code = ulaw_encode_sample(sample);
+                    *code = ULAW_ENCODE[sample as u16 as usize];
                 }
             }
             G711Law::ALaw => {
                 for (code, &sample) in out.iter_mut().zip(pcm) {
-                    *code = alaw_encode_sample(sample);
+                    *code = ALAW_ENCODE[sample as u16 as usize];
                 }
             }
         }
@@ -215,6 +243,14 @@ mod tests {
         assert_eq!(alaw_encode_sample(0), 0xD5);
         assert_eq!(alaw_decode_sample(0xD5), 8);
         assert_eq!(alaw_decode_sample(0xAA), 32256);
+    }
+
+    #[test]
+    fn tables_equal_the_arithmetic() {
+        for sample in i16::MIN..=i16::MAX {
+            assert_eq!(ulaw_encode_sample(sample), ulaw_encode_computed(sample));
+            assert_eq!(alaw_encode_sample(sample), alaw_encode_computed(sample));
+        }
     }
 
     #[test]
