@@ -116,6 +116,11 @@ impl Call {
 
     /// Run the clock to `at`, then deliver `input`.
     fn at(&mut self, at: u64, input: TurnInput<'_>) {
+        assert!(
+            at >= self.now,
+            "the script goes back in time: {at} < {}",
+            self.now
+        );
         self.run_until(at);
         self.record(at, input);
     }
@@ -733,6 +738,39 @@ fn a_half_read_phone_number_is_waited_for() {
         )
     );
     assert_eq!(ended[0].0, 5460);
+}
+
+#[test]
+fn an_email_spelled_letter_by_letter_is_waited_for() {
+    let full = fixture_text(
+        "email_spelled",
+        "My email is A, N, N, A, dot, L, E, E, at example dot com.",
+    );
+    let mut call = Call::with_defaults();
+    call.voice_starts(350);
+    call.interim(2400, "My email is A, N, N, A, dot");
+    call.voice_stops(2500);
+    let request = call.last_request();
+    call.model_answers(2700 + MODEL_LATENCY, request, 0.9);
+    call.final_text(2900, "My email is A, N, N, A, dot,");
+    // A 1.5 s pause to recall the rest.
+    call.run_until(3900);
+    assert!(call.ended_turns().is_empty(), "{:?}", call.log);
+    assert!(
+        !call
+            .log
+            .iter()
+            .any(|(_, out)| matches!(out, Out::Speculative(_)))
+    );
+    call.voice_starts(4000);
+    call.interim(5000, "L, E, E, at example dot com.");
+    call.voice_stops(5800);
+    let request = call.last_request();
+    call.model_answers(6000 + MODEL_LATENCY, request, 0.9);
+    let ended = call.ended_turns();
+    assert_eq!(ended.len(), 1, "{:?}", call.log);
+    assert_eq!(ended[0].1, full);
+    assert_eq!(ended[0].0, 6060);
 }
 
 #[test]

@@ -690,3 +690,77 @@ impl<'m> Iterator for Emitted<'m> {
 }
 
 impl ExactSizeIterator for Emitted<'_> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capacities(machine: &TurnMachine) -> [usize; 6] {
+        [
+            machine.turn.finals.capacity(),
+            machine.turn.interim.capacity(),
+            machine.turn.text.capacity(),
+            machine.turn.scratch.capacity(),
+            machine.speculative_text.capacity(),
+            machine.committed_text.capacity(),
+        ]
+    }
+
+    /// The workspace forbids `unsafe`, so no counting allocator: instead,
+    /// the only heap buffers the machine writes per input must never grow
+    /// (everything else it touches is fixed-size by construction).
+    #[test]
+    fn a_long_call_never_grows_the_text_buffers() {
+        let mut machine =
+            TurnMachine::new(TurnConfig::default(), Instant::ZERO).expect("valid config");
+        let before = capacities(&machine);
+        let mut now = 0u64;
+        let mut turns_ended = 0;
+        let mut interrupts = 0;
+        for turn in 0..200u64 {
+            let start = now + 300;
+            let stop = start + 2000;
+            if turn % 3 == 0 {
+                let _ = machine.handle(Instant::from_millis(now), TurnInput::AgentSpeaking);
+            }
+            while now < stop + 3000 {
+                now += 20;
+                let at = Instant::from_millis(now);
+                let input = match now {
+                    n if n == start + 80 => TurnInput::Vad(VadEvent::SpeechStarted {
+                        at: Instant::from_millis(start),
+                    }),
+                    n if n == start + 600 => TurnInput::Transcript {
+                        text: "I was charged twice for the same order",
+                        is_final: false,
+                    },
+                    n if n == start + 1200 => TurnInput::Transcript {
+                        text: "I was charged twice for the same order, and I'd like a refund.",
+                        is_final: true,
+                    },
+                    n if n == stop + 200 => TurnInput::Vad(VadEvent::SpeechStopped {
+                        at: Instant::from_millis(stop),
+                    }),
+                    n if n == stop + 260 => TurnInput::EndOfTurnPrediction {
+                        request: turn,
+                        probability_complete: 0.9,
+                    },
+                    n if n == stop + 1000 => TurnInput::AgentFinishedSpeaking,
+                    _ => TurnInput::Tick,
+                };
+                for output in machine.handle(at, input) {
+                    match output {
+                        TurnOutput::UserTurnEnded { .. } => turns_ended += 1,
+                        TurnOutput::Interrupt { .. } => interrupts += 1,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        assert_eq!(turns_ended, 200);
+        assert_eq!(interrupts, 67);
+        assert_eq!(capacities(&machine), before);
+        assert!(!machine.has_ended());
+        assert_eq!(machine.dropped_outputs(), 0);
+    }
+}

@@ -21,6 +21,20 @@
 //! * **False interruption**: if the interrupting speech brought no words
 //!   (or only a backchannel), the agent resumes after
 //!   `false_interruption_timeout` of silence.
+//!
+//! Against the baselines (`shared/research/pipecat-baseline.md`,
+//! `anchors-voice.md`), with the defaults:
+//! * Pipecat ends the turn on a mid-sentence fragment its audio model scores
+//!   complete ("So the problem is that", p ~0.98); here the trailing
+//!   function word holds it.
+//! * Pipecat and LiveKit (VAD mode) interrupt on any 200/500 ms of speech,
+//!   backchannels included; here a backchannel produces no output at all.
+//! * A real "wait, stop" interrupts 200 ms after its onset (one 20 ms tick
+//!   at most later), LiveKit waits 500 ms; audio alone (no words yet)
+//!   interrupts at 500 ms.
+//! * A false interruption resumes the agent after 1.5 s (LiveKit 2.0 s;
+//!   Pipecat has none). When the model says incomplete to "Yeah." the turn
+//!   ends after 1.0 s, not at the 2.5-3 s fallback.
 
 mod config;
 pub mod cues;
