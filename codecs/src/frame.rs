@@ -319,6 +319,17 @@ impl Framer {
         self.frame_len
     }
 
+    /// Samples waiting for a whole frame.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Drops the samples waiting for a whole frame (the stream restarts, e.g.
+    /// after a barge-in); timestamps go on from where they were.
+    pub fn clear(&mut self) {
+        self.pending.clear();
+    }
+
     /// Adds samples to the stream.
     pub fn push(&mut self, samples: &[i16]) {
         self.pending.extend_from_slice(samples);

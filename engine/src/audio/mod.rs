@@ -1,1 +1,3 @@
 //! Audio in: the jitter buffer that turns arriving packets into one frame per tick.
+
+pub mod outbound;
