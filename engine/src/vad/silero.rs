@@ -8,8 +8,8 @@
 //! gives each stream exactly what a run of its own would.
 //!
 //! Every stream's context and state live in buffers sized for the batch's
-//! capacity at construction; [`SileroBatch::submit`] copies the window
-//! straight into the next input row. ONNX Runtime itself still allocates its
+//! capacity at construction; [`SileroBatch::submit`] stages the window in
+//! the stream's slot and [`SileroBatch::run`] gathers the staged rows. ONNX Runtime itself still allocates its
 //! output tensors once per [`SileroBatch::run`] (one run per 32 ms tick for
 //! all calls, not per stream).
 
@@ -51,7 +51,11 @@ pub struct SileroBatch {
     states: Vec<f32>,
     /// Per slot: the probability from the last run that included it.
     probabilities: Vec<f32>,
-    /// The next run's input, one row per pending stream in submission order.
+    /// Per slot: the submitted row (context, then the new window).
+    staged: Vec<f32>,
+    /// The next run's input, one row per pending stream in submission order
+    /// (gathered at run time, so a stream released while pending leaves
+    /// no hole).
     input: Vec<f32>,
     /// The next run's state input, `[2, pending, 128]`.
     state_input: Vec<f32>,
@@ -83,6 +87,7 @@ impl SileroBatch {
             contexts: vec![0.0; capacity * CONTEXT_SAMPLES],
             states: vec![0.0; capacity * STATE_PER_STREAM],
             probabilities: vec![0.0; capacity],
+            staged: vec![0.0; capacity * ROW_SAMPLES],
             input: vec![0.0; capacity * ROW_SAMPLES],
             state_input: vec![0.0; capacity * STATE_PER_STREAM],
             sample_rate: [SAMPLE_RATE],
@@ -118,9 +123,8 @@ impl SileroBatch {
     pub fn submit(&mut self, handle: StreamHandle, window: &[i16]) -> Result<(), VadError> {
         let slot = self.streams.check(handle)?;
         check_window(window)?;
-        let row = self.streams.pending().len();
         self.streams.mark_pending(slot)?;
-        let row = &mut self.input[row * ROW_SAMPLES..(row + 1) * ROW_SAMPLES];
+        let row = &mut self.staged[slot * ROW_SAMPLES..(slot + 1) * ROW_SAMPLES];
         row[..CONTEXT_SAMPLES]
             .copy_from_slice(&self.contexts[slot * CONTEXT_SAMPLES..(slot + 1) * CONTEXT_SAMPLES]);
         for (out, &sample) in row[CONTEXT_SAMPLES..].iter_mut().zip(window) {
@@ -151,6 +155,8 @@ impl SileroBatch {
     fn infer(&mut self, count: usize) -> Result<(), VadError> {
         let pending = self.streams.pending();
         for (row, &slot) in pending.iter().enumerate() {
+            self.input[row * ROW_SAMPLES..(row + 1) * ROW_SAMPLES]
+                .copy_from_slice(&self.staged[slot as usize * ROW_SAMPLES..][..ROW_SAMPLES]);
             let state = &self.states[slot as usize * STATE_PER_STREAM..][..STATE_PER_STREAM];
             for layer in 0..STATE_LAYERS {
                 let at = (layer * count + row) * STATE_WIDTH;
@@ -199,9 +205,9 @@ impl SileroBatch {
                     .copy_from_slice(&states[at..at + STATE_WIDTH]);
             }
             // The next window's context is the end of this one.
-            let row_end = (row + 1) * ROW_SAMPLES;
+            let row_end = (slot + 1) * ROW_SAMPLES;
             self.contexts[slot * CONTEXT_SAMPLES..(slot + 1) * CONTEXT_SAMPLES]
-                .copy_from_slice(&self.input[row_end - CONTEXT_SAMPLES..row_end]);
+                .copy_from_slice(&self.staged[row_end - CONTEXT_SAMPLES..row_end]);
         }
         Ok(())
     }
