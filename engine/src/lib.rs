@@ -7,6 +7,7 @@
 
 pub mod audio;
 pub mod clock;
+pub mod eot;
 pub mod turns;
 pub mod vad;
 
