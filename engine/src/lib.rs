@@ -7,6 +7,9 @@
 
 pub mod audio;
 pub mod clock;
+pub mod events;
+pub mod providers;
+pub mod tools;
 pub mod turns;
 pub mod vad;
 
