@@ -7,6 +7,7 @@
 
 pub mod audio;
 pub mod clock;
+pub mod conversation;
 pub mod events;
 pub mod providers;
 pub mod tools;
