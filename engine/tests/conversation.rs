@@ -291,6 +291,15 @@ async fn tool_server() -> (String, ServerState) {
             ),
         )
         .route(
+            "/huge",
+            post(
+                |State(s): State<ServerState>, h: HeaderMap, Json(b): Json<Value>| async move {
+                    ServerState::record(&s, &h, b);
+                    Json(json!({"blob": "x".repeat(100 * 1024)}))
+                },
+            ),
+        )
+        .route(
             "/book",
             post(
                 |State(s): State<ServerState>, h: HeaderMap, Json(b): Json<Value>| async move {
@@ -548,6 +557,64 @@ async fn a_tool_answering_500_is_an_error_for_the_model() {
         agent_segments(&events)[0].0,
         "I could not reach the booking system."
     );
+    call.agent.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_oversized_tool_response_is_an_error_for_the_model() {
+    let (base, server) = tool_server().await;
+    let rules = vec![
+        after_tool("huge", "larger than").reply("That answer was too big."),
+        always("").call("huge", json!({})),
+    ];
+    let mut call = Call::start(
+        rules,
+        50,
+        vec![http_tool(&base, "huge", "/huge", ToolPolicy::Read)],
+    );
+    call.agent.commit(UserTurn::text("Get everything"));
+    sleep(Duration::from_secs(6)).await;
+    let events = call.drain();
+    assert_eq!(server.hits(), 1);
+    assert!(matches!(
+        &tool_results(&events)[0].1,
+        ToolOutcome::Error(e) if e.contains("larger than 65536 bytes")
+    ));
+    assert_eq!(agent_segments(&events)[0].0, "That answer was too big.");
+    call.agent.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_model_stuck_calling_tools_is_stopped_after_the_round_limit() {
+    let (base, server) = tool_server().await;
+    // The model would call the tool forever.
+    let rules = vec![always("").call("lookup", json!({}))];
+    let mut call = Call::start(
+        rules,
+        50,
+        vec![http_tool(&base, "lookup", "/lookup", ToolPolicy::Read)],
+    );
+    call.agent.commit(UserTurn::text("Loop"));
+    sleep(Duration::from_secs(10)).await;
+    let rounds = AgentConfig::default().max_tool_rounds;
+    assert_eq!(server.hits(), rounds);
+    let records = call.llm.records();
+    assert_eq!(records.len(), rounds + 1);
+    assert!(
+        records[..rounds]
+            .iter()
+            .all(|r| !r.request.tools.is_empty())
+    );
+    assert!(
+        records[rounds].request.tools.is_empty(),
+        "the last model call is offered no tools"
+    );
+    assert_eq!(tool_results(&call.drain()).len(), rounds);
+
+    // The call goes on.
+    call.agent.commit(UserTurn::text("Hello?"));
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(call.llm.records().len(), 2 * (rounds + 1));
     call.agent.shutdown().await;
 }
 
