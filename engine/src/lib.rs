@@ -7,7 +7,11 @@
 
 pub mod audio;
 pub mod clock;
+pub mod conversation;
 pub mod eot;
+pub mod events;
+pub mod providers;
+pub mod tools;
 pub mod turns;
 pub mod vad;
 

@@ -1,0 +1,237 @@
+//! The model providers behind small traits: streaming speech recognition,
+//! a chat LLM with tool calling, text-to-speech, and speech-to-speech.
+//!
+//! Every provider is cancellable: streams stop when dropped (so dropping an
+//! in-flight LLM or TTS stream cancels it at once), and the long-lived
+//! sessions (ASR, speech-to-speech) also take a [`CancellationToken`].
+//! [`scripted`] holds deterministic implementations driven by tokio time, for
+//! tests on virtual time.
+
+pub mod scripted;
+
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::codecs::{PcmFrame, SampleRate};
+
+/// Why a provider failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// The provider could not be reached or dropped the connection.
+    #[error("provider unavailable: {0}")]
+    Unavailable(String),
+    /// The provider answered something we could not use.
+    #[error("bad provider response: {0}")]
+    BadResponse(String),
+    /// The session was closed (cancelled or ended).
+    #[error("provider session closed")]
+    Closed,
+}
+
+/// A tool call the model asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCallRequest {
+    /// The model's id for this call; the result refers to it.
+    pub id: String,
+    /// The tool's name.
+    pub name: String,
+    /// The arguments, as the JSON text the model produced.
+    pub arguments_json: String,
+}
+
+/// One message of the chat history sent to the LLM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "snake_case")]
+pub enum ChatMessage {
+    /// Instructions for the model.
+    System {
+        /// The system prompt.
+        content: String,
+    },
+    /// What the caller said.
+    User {
+        /// The caller's words.
+        content: String,
+    },
+    /// What the agent said (only what the caller heard) and the tools it called.
+    Assistant {
+        /// The spoken text.
+        content: String,
+        /// The tools the model called in this message.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tool_calls: Vec<ToolCallRequest>,
+    },
+    /// A tool's result, answering one of the assistant's tool calls.
+    Tool {
+        /// The id of the call this answers.
+        tool_call_id: String,
+        /// The tool's name.
+        name: String,
+        /// The result (or error envelope) as JSON text.
+        content: String,
+    },
+}
+
+/// A tool as the model sees it: name, description, JSON schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolSchema {
+    /// The tool's name.
+    pub name: String,
+    /// What the tool does, for the model.
+    pub description: String,
+    /// The JSON schema of the arguments.
+    pub parameters: serde_json::Value,
+}
+
+/// One LLM request: the history and the tools the model may call.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LlmRequest {
+    /// The chat history, oldest first.
+    pub messages: Vec<ChatMessage>,
+    /// The tools offered (empty: the model must answer in words).
+    pub tools: Vec<ToolSchema>,
+}
+
+/// What a streaming LLM produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LlmEvent {
+    /// A piece of the spoken reply.
+    Token(String),
+    /// A complete tool call.
+    ToolCall(ToolCallRequest),
+    /// The reply is complete.
+    Done,
+}
+
+/// A chat LLM with streaming output and tool calling.
+pub trait LlmProvider: Send + Sync {
+    /// Starts a completion. The stream ends after [`LlmEvent::Done`] or an
+    /// error; dropping it cancels the request.
+    fn stream_chat(
+        &self,
+        request: LlmRequest,
+    ) -> BoxStream<'static, Result<LlmEvent, ProviderError>>;
+}
+
+/// Text-to-speech, one clause at a time.
+pub trait TtsProvider: Send + Sync {
+    /// The rate of the frames this voice produces (16 or 24 kHz typically).
+    fn sample_rate(&self) -> SampleRate;
+
+    /// Speaks `text`. Frames carry their position within this clause's audio;
+    /// dropping the stream cancels the synthesis.
+    fn synthesize(&self, text: &str) -> BoxStream<'static, Result<PcmFrame, ProviderError>>;
+}
+
+/// What a streaming recognizer reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AsrEvent {
+    /// A hypothesis that may still change.
+    Interim {
+        /// The text so far.
+        text: String,
+    },
+    /// The final text of an utterance.
+    Final {
+        /// The recognized text.
+        text: String,
+    },
+}
+
+/// An open streaming recognition session.
+///
+/// Audio goes in through [`AsrSession::push_frame`], which never waits (the
+/// media hot path calls it); events come out of [`AsrSession::next_event`].
+/// Dropping the session, or cancelling its token, ends it.
+#[derive(Debug)]
+pub struct AsrSession {
+    audio: mpsc::Sender<PcmFrame>,
+    events: mpsc::UnboundedReceiver<AsrEvent>,
+}
+
+impl AsrSession {
+    /// A session from its two channel ends (for provider implementations).
+    pub fn from_channels(
+        audio: mpsc::Sender<PcmFrame>,
+        events: mpsc::UnboundedReceiver<AsrEvent>,
+    ) -> Self {
+        AsrSession { audio, events }
+    }
+
+    /// Hands a 16 kHz frame to the recognizer without waiting. A full queue
+    /// means the recognizer fell behind; the frame is dropped and reported.
+    pub fn push_frame(&self, frame: PcmFrame) -> Result<(), ProviderError> {
+        self.audio.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                ProviderError::Unavailable("recognizer queue full".into())
+            }
+            mpsc::error::TrySendError::Closed(_) => ProviderError::Closed,
+        })
+    }
+
+    /// The next recognition event, or `None` once the session ended.
+    pub async fn next_event(&mut self) -> Option<AsrEvent> {
+        self.events.recv().await
+    }
+}
+
+/// Streaming speech recognition.
+pub trait AsrProvider: Send + Sync {
+    /// Opens a session; it ends when `cancel` fires or the session is dropped.
+    fn open(&self, cancel: CancellationToken) -> Result<AsrSession, ProviderError>;
+}
+
+/// What a speech-to-speech model produces.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SpeechToSpeechEvent {
+    /// Agent audio to play.
+    Audio(PcmFrame),
+    /// A transcript of either side.
+    Transcript {
+        /// Who spoke.
+        role: crate::events::Role,
+        /// The text.
+        text: String,
+        /// Whether this text is final.
+        is_final: bool,
+    },
+    /// The model wants a tool run; answer with [`SpeechToSpeechSession::tool_results`].
+    ToolCall(ToolCallRequest),
+    /// The model stopped its current reply (it heard the caller barge in).
+    ReplyInterrupted,
+}
+
+/// A tool result sent back to a speech-to-speech model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolResultMessage {
+    /// The id of the call this answers.
+    pub tool_call_id: String,
+    /// The result as JSON text.
+    pub content: String,
+}
+
+/// An open speech-to-speech session: caller audio in; agent audio,
+/// transcripts and tool calls out.
+#[derive(Debug)]
+pub struct SpeechToSpeechSession {
+    /// Caller audio (use `try_send` on the hot path).
+    pub audio_in: mpsc::Sender<PcmFrame>,
+    /// Tool results for the model.
+    pub tool_results: mpsc::UnboundedSender<ToolResultMessage>,
+    /// Everything the model produces.
+    pub events: mpsc::UnboundedReceiver<SpeechToSpeechEvent>,
+}
+
+/// A speech-to-speech ("realtime") model.
+pub trait SpeechToSpeechProvider: Send + Sync {
+    /// Opens a session with the system prompt and tools; it ends when
+    /// `cancel` fires or the session is dropped.
+    fn open(
+        &self,
+        instructions: &str,
+        tools: &[ToolSchema],
+        cancel: CancellationToken,
+    ) -> Result<SpeechToSpeechSession, ProviderError>;
+}
