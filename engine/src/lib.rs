@@ -11,6 +11,7 @@ pub mod conversation;
 pub mod eot;
 pub mod events;
 pub mod providers;
+pub mod session;
 pub mod tools;
 pub mod turns;
 pub mod vad;

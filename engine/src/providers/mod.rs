@@ -171,6 +171,12 @@ impl AsrSession {
         })
     }
 
+    /// The next recognition event if one is ready, without waiting (for
+    /// the media worker's tick).
+    pub fn try_next_event(&mut self) -> Option<AsrEvent> {
+        self.events.try_recv().ok()
+    }
+
     /// The next recognition event, or `None` once the session ended.
     pub async fn next_event(&mut self) -> Option<AsrEvent> {
         self.events.recv().await

@@ -337,6 +337,9 @@ impl TtsProvider for ScriptedTts {
 /// the next scripted utterance. While it lasts, interims reveal one more word
 /// per `interim_per_word` of speech; `final_delay` after the speech ends
 /// (the first silent frame's start) it reports the utterance as final.
+/// Speech that resumes within [`ScriptedAsr::UTTERANCE_GAP`] of a finalized
+/// utterance belongs to it (a pause between words, already transcribed in
+/// full), so a recording with short pauses is still one utterance.
 #[derive(Debug, Clone)]
 pub struct ScriptedAsr {
     utterances: Arc<Vec<String>>,
@@ -345,6 +348,10 @@ pub struct ScriptedAsr {
 }
 
 impl ScriptedAsr {
+    /// Silence shorter than this between two stretches of speech is a pause
+    /// inside one utterance.
+    pub const UTTERANCE_GAP: Duration = Duration::from_millis(500);
+
     /// A recognizer that hears `utterances` in order.
     pub fn new(utterances: Vec<String>, final_delay: Duration, interim_per_word: Duration) -> Self {
         ScriptedAsr {
@@ -370,6 +377,9 @@ impl AsrProvider for ScriptedAsr {
             let mut speech = Duration::ZERO;
             let mut words_shown = 0usize;
             let mut final_at: Option<TokioInstant> = None;
+            // When the last finalized utterance's speech ended.
+            let mut finalized_speech_end: Option<TokioInstant> = None;
+            let mut speech_end: Option<TokioInstant> = None;
             loop {
                 let deadline = async {
                     match final_at {
@@ -387,12 +397,22 @@ impl AsrProvider for ScriptedAsr {
                         next_utterance += 1;
                         speech = Duration::ZERO;
                         words_shown = 0;
+                        finalized_speech_end = speech_end;
                     }
                     frame = audio_rx.recv() => {
                         let Some(frame) = frame else { break };
                         let loud = frame.samples().iter().any(|s| s.saturating_abs() > SILENCE_PEAK);
                         let length = frame.duration();
                         if loud {
+                            let frame_start = TokioInstant::now() - length;
+                            if let Some(end) = finalized_speech_end {
+                                if frame_start.saturating_duration_since(end) < ScriptedAsr::UTTERANCE_GAP {
+                                    // The rest of an utterance already transcribed.
+                                    finalized_speech_end = Some(TokioInstant::now());
+                                    continue;
+                                }
+                                finalized_speech_end = None;
+                            }
                             final_at = None;
                             speech += length;
                             let Some(text) = utterances.get(next_utterance) else { continue };
@@ -405,6 +425,7 @@ impl AsrProvider for ScriptedAsr {
                             }
                         } else if speech > Duration::ZERO && final_at.is_none() {
                             // The frame arrives once it is complete: speech ended at its start.
+                            speech_end = Some(TokioInstant::now() - length);
                             final_at = Some(TokioInstant::now() - length + final_delay);
                         }
                     }

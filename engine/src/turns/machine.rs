@@ -124,6 +124,10 @@ impl TurnText {
     }
 }
 
+/// How long words heard before the VAD opened speech wait for it: the gate
+/// confirms speech 64-100 ms after its onset; a recognizer rarely leads by more.
+const EARLY_WORDS_WINDOW: Duration = Duration::from_millis(400);
+
 /// The turn-taking machine of one call. See the [module docs](super).
 #[derive(Debug)]
 pub struct TurnMachine {
@@ -138,6 +142,10 @@ pub struct TurnMachine {
     last_text_change: Instant,
     /// The current turn began by interrupting the agent.
     interrupted_agent: bool,
+    /// Words that arrived while no speech was open: a streaming recognizer
+    /// often leads the VAD gate (which needs `min_speech` first), so they
+    /// belong to the speech that starts right after.
+    early_words_at: Option<Instant>,
     next_request: u64,
     speculating: bool,
     speculative_text: String,
@@ -163,6 +171,7 @@ impl TurnMachine {
             turn: TurnText::new(),
             last_text_change: call_started_at,
             interrupted_agent: false,
+            early_words_at: None,
             next_request: 0,
             speculating: false,
             speculative_text: String::with_capacity(TEXT_CAPACITY),
@@ -261,7 +270,13 @@ impl TurnMachine {
     fn on_speech_started(&mut self, at: Instant) {
         match self.user {
             UserState::Silent => {
-                self.turn.clear();
+                let early_words = self
+                    .early_words_at
+                    .take()
+                    .is_some_and(|heard| self.now.saturating_since(heard) <= EARLY_WORDS_WINDOW);
+                if !early_words {
+                    self.turn.clear();
+                }
                 self.interrupted_agent = false;
                 if self.muted() {
                     self.user = UserState::Muted;
@@ -334,9 +349,18 @@ impl TurnMachine {
             self.user,
             UserState::Speaking | UserState::BargeIn { .. } | UserState::AwaitingEnd { .. }
         );
-        // Late results after a commit or a dropped backchannel belong to no
-        // turn; results for muted speech are ignored by design.
+        // Words before the VAD opened speech are kept for the speech that
+        // starts within EARLY_WORDS_WINDOW; otherwise late results after a
+        // commit or a dropped backchannel belong to no turn, and results for
+        // muted speech are ignored by design.
         if !in_turn {
+            if matches!(self.user, UserState::Silent) && !self.muted() {
+                if self.early_words_at.is_none() {
+                    self.turn.clear();
+                }
+                self.turn.update(text, is_final);
+                self.early_words_at = Some(now);
+            }
             return;
         }
         if self.turn.update(text, is_final) {
