@@ -365,3 +365,102 @@ async fn a_backchannel_does_not_interrupt() {
     assert!(call.agent_packets_after(said_okay) >= 140);
     call.cancel.cancel();
 }
+
+#[tokio::test(start_paused = true)]
+async fn noise_is_ignored_and_after_a_wordless_interruption_the_agent_resumes() {
+    // The second utterance is speech the recognizer makes no words of (a
+    // mumble, a voice in the background).
+    let mut call = Call::start(&[BOOK_TABLE, ""], &[LONG_REPLY]).await;
+    call.say("statement_book_table");
+    call.run_until(Duration::from_secs(8), |e| {
+        matches!(e, MediaEvent::AgentAudioStarted { .. })
+    })
+    .await
+    .expect("the agent answers");
+    call.run(Duration::from_secs(1)).await;
+    // A bump on the microphone: loud broadband noise is not speech.
+    let before_noise = call.events.len();
+    call.caller
+        .extend(noise_burst_ulaw(Duration::from_millis(400)));
+    call.run(Duration::from_secs(1)).await;
+    assert!(
+        !call.events[before_noise..].iter().any(|e| matches!(
+            e.event,
+            MediaEvent::Interrupted { .. } | MediaEvent::UserStartedSpeaking { .. }
+        )),
+        "noise was taken for speech"
+    );
+    call.say("greeting_sam");
+    let interrupted = call
+        .run_until(Duration::from_secs(3), |e| {
+            matches!(e, MediaEvent::Interrupted { .. })
+        })
+        .await
+        .expect("a long noise interrupts on audio alone");
+    let resumed = call
+        .run_until(Duration::from_secs(4), |e| {
+            matches!(e, MediaEvent::ResumeAgent)
+        })
+        .await
+        .expect("the agent resumes");
+    assert!(resumed.at - interrupted.at >= Duration::from_millis(1_500));
+    let speaks_again = call
+        .run_until(Duration::from_secs(2), |e| {
+            matches!(e, MediaEvent::AgentAudioStarted { .. })
+        })
+        .await
+        .unwrap_or_else(|| {
+            call.dump();
+            panic!("agent audio again")
+        });
+    assert!(
+        speaks_again.at - resumed.at < Duration::from_millis(400),
+        "{:?}",
+        speaks_again.at - resumed.at
+    );
+    call.cancel.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_caller_is_asked_if_they_are_still_there() {
+    let mut call = Call::start(&[BOOK_TABLE], &["Sure."]).await;
+    call.say("statement_book_table");
+    call.run_until(Duration::from_secs(8), |e| {
+        matches!(e, MediaEvent::AgentAudioFinished { .. })
+    })
+    .await
+    .expect("the agent answers and finishes");
+    let prompt = call
+        .run_until(Duration::from_secs(10), |e| {
+            matches!(e, MediaEvent::IdlePrompt)
+        })
+        .await
+        .expect("an idle prompt");
+    call.run_until(Duration::from_secs(1), |e| {
+        matches!(e, MediaEvent::AgentAudioStarted { .. })
+    })
+    .await
+    .expect("the prompt is spoken");
+    let hangup = call
+        .run_until(Duration::from_secs(14), |e| {
+            matches!(e, MediaEvent::Hangup { .. })
+        })
+        .await
+        .expect("then the call is hung up");
+    assert!(hangup.at - prompt.at >= Duration::from_secs(10));
+    call.cancel.cancel();
+}
+
+/// Broadband noise as G.711 codes (a deterministic xorshift).
+fn noise_burst_ulaw(length: Duration) -> Vec<u8> {
+    let mut state = 0x2545_f491_u32;
+    (0..length.as_millis() as usize * 8)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let sample = ((state >> 16) as i16) / 3;
+            callingbox_engine::codecs::g711::ulaw_encode_sample(sample)
+        })
+        .collect()
+}

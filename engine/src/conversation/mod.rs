@@ -167,6 +167,8 @@ enum Command {
     Commit(UserTurn),
     Discard,
     Interrupt(Option<Played>),
+    Say(String),
+    Resume,
     HangUp(EndedBy, String),
     Shutdown,
 }
@@ -190,6 +192,19 @@ impl AgentHandle {
     fn send(&self, command: Command) {
         // A loop that already ended ignores further commands.
         let _ = self.commands.send(command);
+    }
+
+    /// Speaks `text` now as the agent (no model call): an idle prompt such
+    /// as "Are you still there?". Interrupts a reply in progress.
+    pub fn say(&self, text: &str) {
+        self.send(Command::Say(text.to_owned()));
+    }
+
+    /// The last interruption was a false alarm (noise, a cough): speak what
+    /// the caller did not hear of the interrupted reply. Only the audio
+    /// already synthesized is resumed; the model is not asked again.
+    pub fn resume(&self) {
+        self.send(Command::Resume);
     }
 
     /// Reports a call status change on the event stream.
@@ -293,6 +308,8 @@ pub struct AgentLoop {
     tracker: TaskTracker,
     cancel: CancellationToken,
     turns: u64,
+    /// What the caller did not hear of the last interrupted reply.
+    unplayed: Option<String>,
 }
 
 impl AgentLoop {
@@ -331,6 +348,7 @@ impl AgentLoop {
             tracker: TaskTracker::new(),
             cancel: CancellationToken::new(),
             turns: 0,
+            unplayed: None,
         };
         let task = tokio::spawn(agent.run());
         let handle = AgentHandle {
@@ -384,6 +402,12 @@ impl AgentLoop {
             Command::Commit(user) => self.commit(user),
             Command::Discard => self.speculation = None,
             Command::Interrupt(played) => self.interrupt(played),
+            Command::Say(text) => self.say(text),
+            Command::Resume => {
+                if let Some(rest) = self.unplayed.take() {
+                    self.say(rest);
+                }
+            }
             Command::HangUp(by, reason) => {
                 self.interrupt(None);
                 self.end(by, &reason);
@@ -439,6 +463,8 @@ impl AgentLoop {
         if self.turn.is_some() {
             self.interrupt(None);
         }
+        // The caller went on to something else: nothing to resume.
+        self.unplayed = None;
         let now = self.clock.now();
         let started = user.speech_started_at.unwrap_or(now);
         let ended = user.speech_ended_at.unwrap_or(now);
@@ -452,7 +478,6 @@ impl AgentLoop {
             interrupted: false,
         });
 
-        let reply_id = self.turns;
         let speculation = self.speculation.take();
         let (prior_agent_text, reused) = {
             let mut shared = lock(&self.shared);
@@ -479,6 +504,19 @@ impl AgentLoop {
                 )
             }
         };
+        self.begin_turn(user, first, llm_started_at, now, prior_agent_text);
+    }
+
+    /// Runs a reply whose first model stream is `first`.
+    fn begin_turn(
+        &mut self,
+        user: UserTurn,
+        first: turn::TimedLlmStream,
+        llm_started_at: Instant,
+        now: Instant,
+        prior_agent_text: String,
+    ) {
+        let reply_id = self.turns;
         lock(&self.shared).progress.marks.llm_started_at = Some(llm_started_at);
         let ctx = TurnContext {
             shared: Arc::clone(&self.shared),
@@ -507,6 +545,34 @@ impl AgentLoop {
         self.turns += 1;
     }
 
+    /// Speaks `text` as the agent, with no model call and no user turn
+    /// (idle prompts, resuming after a false interruption).
+    fn say(&mut self, text: String) {
+        if self.turn.is_some() {
+            self.interrupt(None);
+        }
+        self.speculation = None;
+        let now = self.clock.now();
+        let prior_agent_text = {
+            let mut shared = lock(&self.shared);
+            shared.progress = TurnProgress::default();
+            previous_agent_text(&shared.history)
+        };
+        let canned: turn::TimedLlmStream = futures::stream::iter([
+            (now, Ok(crate::providers::LlmEvent::Token(text))),
+            (now, Ok(crate::providers::LlmEvent::Done)),
+        ])
+        .boxed();
+        let user = UserTurn {
+            text: String::new(),
+            speech_started_at: Some(now),
+            speech_ended_at: Some(now),
+            transcript_final_at: Some(now),
+            source: SegmentSource::Asr,
+        };
+        self.begin_turn(user, canned, now, now, prior_agent_text);
+    }
+
     /// Stops the current reply; `played: None` estimates it from the clock
     /// (real-time playout since the first frame).
     fn interrupt(&mut self, played: Option<Played>) {
@@ -516,7 +582,7 @@ impl AgentLoop {
         // Dropping the turn cancels the LLM and TTS streams and the pushes.
         drop(active.future);
         let now = self.clock.now();
-        let (text, heard, first_audio_at, marks) = {
+        let (text, heard, first_audio_at, marks, unplayed) = {
             let mut shared = lock(&self.shared);
             let progress = std::mem::take(&mut shared.progress);
             let clauses: Vec<ClauseAudio> = progress
@@ -553,6 +619,19 @@ impl AgentLoop {
                     )
                 }
             };
+            let unplayed = clauses
+                .iter()
+                .zip(&parts)
+                .filter_map(|(clause, part)| {
+                    let rest = clause
+                        .text
+                        .strip_prefix(part.as_str())
+                        .unwrap_or(&clause.text)
+                        .trim();
+                    (!rest.is_empty()).then_some(rest)
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
             // Rewrite each round's assistant message to what was heard.
             let rounds = progress.round_messages.len();
             let round_text = |round: usize| {
@@ -586,8 +665,9 @@ impl AgentLoop {
                 .map(String::as_str)
                 .collect::<Vec<_>>()
                 .join(" ");
-            (text, heard, first_audio_at, progress.marks)
+            (text, heard, first_audio_at, progress.marks, unplayed)
         };
+        self.unplayed = (!unplayed.is_empty()).then_some(unplayed);
         if let Some(started) = first_audio_at {
             let heard = heard.unwrap_or_else(|| now - started);
             self.events.send(CallEvent::TranscriptSegment {
@@ -647,6 +727,10 @@ impl AgentLoop {
         turn: u64,
         marks: &turn::TurnMarks,
     ) {
+        // A canned reply (idle prompt, resume) answers no user turn.
+        if user.text.is_empty() {
+            return;
+        }
         let metrics = turn_metrics(user, committed_at, marks);
         self.events.send(CallEvent::TurnMetrics { turn, metrics });
     }

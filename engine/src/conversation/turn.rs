@@ -175,21 +175,22 @@ pub(super) fn timed(
 pub(super) async fn run_turn(ctx: TurnContext, first: TimedLlmStream) -> TurnOutcome {
     let (clause_tx, clause_rx) = mpsc::unbounded_channel();
     let (end_call, ()) = tokio::join!(think(&ctx, first, clause_tx), speak(&ctx, clause_rx));
-    if end_call {
-        // Let the last clause play out before the call ends.
-        let playout_end = {
-            let shared = lock(&ctx.shared);
-            let total: Duration = shared
-                .progress
-                .clauses
-                .iter()
-                .map(|c| c.meter.pushed())
-                .sum();
-            shared.progress.marks.first_audio_at.map(|at| at + total)
-        };
-        if let Some(end) = playout_end {
-            tokio::time::sleep_until(ctx.clock.to_tokio(end)).await;
-        }
+    // The turn lasts until its audio has played out, not just until it was
+    // handed to the transport (whose queue may hold seconds): a barge-in
+    // before then must find the turn and cut the history to what was heard,
+    // and `end_call` must let the last clause play.
+    let playout_end = {
+        let shared = lock(&ctx.shared);
+        let total: Duration = shared
+            .progress
+            .clauses
+            .iter()
+            .map(|c| c.meter.pushed())
+            .sum();
+        shared.progress.marks.first_audio_at.map(|at| at + total)
+    };
+    if let Some(end) = playout_end {
+        tokio::time::sleep_until(ctx.clock.to_tokio(end)).await;
     }
     TurnOutcome { end_call }
 }

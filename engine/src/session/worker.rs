@@ -356,6 +356,9 @@ impl Slot {
     }
 }
 
+/// What the agent says when the caller has been silent a while.
+pub const IDLE_PROMPT: &str = "Are you still there?";
+
 /// What the conversation does with a media event.
 fn act_on(link: &ConversationLink, event: &MediaEvent) {
     match event {
@@ -376,8 +379,8 @@ fn act_on(link: &ConversationLink, event: &MediaEvent) {
         MediaEvent::Hangup { reason } => {
             link.agent.hang_up(EndedBy::System, &format!("{reason:?}"))
         }
-        // Resuming, idle prompts and the rest are reported as events; the
-        // agent loop has no verb for them yet.
+        MediaEvent::ResumeAgent => link.agent.resume(),
+        MediaEvent::IdlePrompt => link.agent.say(IDLE_PROMPT),
         _ => {}
     }
 }
