@@ -145,7 +145,11 @@ impl Resampler {
             // scale must clip, not wrap. (`f32::round` is a libm call on
             // baseline x86-64; a biased truncating cast vectorizes.)
             let scaled = v * 32768.0;
-            let biased = if scaled >= 0.0 { scaled + 0.5 } else { scaled - 0.5 };
+            let biased = if scaled >= 0.0 {
+                scaled + 0.5
+            } else {
+                scaled - 0.5
+            };
             (biased as i32).clamp(-32768, 32767) as i16
         }));
         Ok(())

@@ -511,7 +511,11 @@ async fn a_tool_that_times_out_is_an_error_for_the_model_and_the_call_goes_on() 
     ];
     let mut call = Call::start(rules, 50, vec![slow]);
     call.agent.commit(UserTurn::text("Check my order"));
-    sleep(Duration::from_secs(8)).await;
+    // The media side sees the tool running (to mute the caller if asked).
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(call.agent.tools_running(), 1);
+    sleep(Duration::from_secs(7)).await;
+    assert_eq!(call.agent.tools_running(), 0);
     let events = call.drain();
     assert_eq!(server.hits(), 1);
     let results = tool_results(&events);

@@ -181,6 +181,7 @@ pub struct AgentHandle {
     task: JoinHandle<()>,
     clock: CallClock,
     shared: Arc<Mutex<Shared>>,
+    tools_running: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl AgentHandle {
@@ -205,6 +206,12 @@ impl AgentHandle {
     /// already synthesized is resumed; the model is not asked again.
     pub fn resume(&self) {
         self.send(Command::Resume);
+    }
+
+    /// How many HTTP tools are running now. Lock-free, for the media tick.
+    pub fn tools_running(&self) -> u32 {
+        self.tools_running
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Reports a call status change on the event stream.
@@ -308,6 +315,7 @@ pub struct AgentLoop {
     tracker: TaskTracker,
     cancel: CancellationToken,
     turns: u64,
+    tools_running: Arc<std::sync::atomic::AtomicU32>,
     /// What the caller did not hear of the last interrupted reply.
     unplayed: Option<String>,
 }
@@ -323,6 +331,7 @@ impl AgentLoop {
         let clock = CallClock::start_now();
         let (events, event_rx) = EventSender::channel(Instant::ZERO);
         let (command_tx, command_rx) = mpsc::unbounded_channel();
+        let tools_running = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let shared = Arc::new(Mutex::new(Shared {
             history: vec![ChatMessage::System {
                 content: config.system_prompt.clone(),
@@ -348,6 +357,7 @@ impl AgentLoop {
             tracker: TaskTracker::new(),
             cancel: CancellationToken::new(),
             turns: 0,
+            tools_running: Arc::clone(&tools_running),
             unplayed: None,
         };
         let task = tokio::spawn(agent.run());
@@ -356,6 +366,7 @@ impl AgentLoop {
             task,
             clock,
             shared,
+            tools_running,
         };
         (handle, event_rx)
     }
@@ -533,6 +544,7 @@ impl AgentLoop {
             max_tool_rounds: self.config.max_tool_rounds,
             min_words_before_comma: self.config.min_words_before_comma,
             reply_id,
+            tools_running: Arc::clone(&self.tools_running),
             user_text: user.text.clone(),
             prior_agent_text,
         };

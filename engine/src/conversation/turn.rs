@@ -140,6 +140,9 @@ pub(super) struct TurnContext {
     pub max_tool_rounds: usize,
     pub min_words_before_comma: usize,
     pub reply_id: u64,
+    /// HTTP tools running now (the media side mutes the caller during tools
+    /// when the agent asks for it).
+    pub tools_running: Arc<std::sync::atomic::AtomicU32>,
     pub user_text: String,
     pub prior_agent_text: String,
 }
@@ -375,7 +378,9 @@ fn run_tool(ctx: &TurnContext, call: ToolCallRequest, write_used: &mut bool) -> 
     let events = ctx.events.clone();
     let cancel = ctx.cancel.clone();
     let clock = ctx.clock;
+    let running = ToolRunningGuard::enter(Arc::clone(&ctx.tools_running));
     ctx.tracker.spawn(async move {
+        let _running = running;
         let started = clock.now();
         let outcome = tokio::select! {
             () = cancel.cancelled() => ToolOutcome::Error("the call ended before the tool answered".into()),
@@ -390,6 +395,22 @@ fn run_tool(ctx: &TurnContext, call: ToolCallRequest, write_used: &mut bool) -> 
         let _ = done_tx.send(());
     });
     ToolStart::Running(done_rx)
+}
+
+/// Counts a running tool until dropped (also when its task is aborted).
+struct ToolRunningGuard(Arc<std::sync::atomic::AtomicU32>);
+
+impl ToolRunningGuard {
+    fn enter(counter: Arc<std::sync::atomic::AtomicU32>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        ToolRunningGuard(counter)
+    }
+}
+
+impl Drop for ToolRunningGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Puts a tool's outcome into the history (what the model sees) and on the event stream.

@@ -100,6 +100,8 @@ struct Slot {
     /// Replies up to this one were interrupted: their frames still in flight
     /// from the agent loop are dropped, never played.
     interrupted_up_to: Option<u64>,
+    /// Whether the agent was running a tool at the last tick.
+    tool_running: bool,
     asr_dropped: u64,
 }
 
@@ -166,6 +168,7 @@ impl MediaWorker {
             pending_agent_frame: None,
             current_reply: None,
             interrupted_up_to: None,
+            tool_running: false,
             asr_dropped: 0,
         };
         let index = match self.slots.iter().position(Option::is_none) {
@@ -272,6 +275,11 @@ impl MediaWorker {
                 }
             }
             if let Some(link) = slot.link.as_mut() {
+                let tool_running = link.agent.tools_running() > 0;
+                if tool_running != slot.tool_running {
+                    slot.tool_running = tool_running;
+                    slot.media.on_tool(call_now, tool_running);
+                }
                 while let Some(event) = link.asr.try_next_event() {
                     match event {
                         AsrEvent::Interim { text } => {
