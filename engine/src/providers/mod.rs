@@ -7,6 +7,9 @@
 //! [`scripted`] holds deterministic implementations driven by tokio time, for
 //! tests on virtual time.
 
+pub mod cartesia;
+pub mod elevenlabs;
+pub mod openai_realtime;
 pub mod scripted;
 
 use futures::stream::BoxStream;
