@@ -7,6 +7,9 @@
 //! [`scripted`] holds deterministic implementations driven by tokio time, for
 //! tests on virtual time.
 
+pub mod anthropic;
+pub mod deepgram;
+pub mod openai_chat;
 pub mod scripted;
 
 use futures::stream::BoxStream;
