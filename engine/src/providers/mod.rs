@@ -7,8 +7,11 @@
 //! [`scripted`] holds deterministic implementations driven by tokio time, for
 //! tests on virtual time.
 
+pub mod anthropic;
 pub mod cartesia;
+pub mod deepgram;
 pub mod elevenlabs;
+pub mod openai_chat;
 pub mod openai_realtime;
 pub mod scripted;
 
