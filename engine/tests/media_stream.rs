@@ -31,7 +31,9 @@ use callingbox_engine::session::{CallMediaConfig, ConversationLink, MediaEvent, 
 use callingbox_engine::transport::media_stream::{
     CallSetup, EndReason, MarkEcho, MediaStreamServer, StreamEvent, StreamStart, serve,
 };
-use callingbox_engine::transport::{WorkerHandle, spawn_worker};
+use callingbox_engine::transport::{
+    CallSpec, WirePacket, WorkerHandle, spawn_worker, spawn_worker_thread,
+};
 use callingbox_engine::turns::TurnConfig;
 use callingbox_engine::vad::{VadBatch, VadGateConfig};
 use futures::{SinkExt, StreamExt};
@@ -713,4 +715,83 @@ async fn malformed_messages_get_a_clean_close_and_the_server_keeps_serving() {
     ));
     settle(Duration::from_millis(200)).await;
     assert_eq!(alive_tasks(), baseline, "tasks left after the calls");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_the_turn_machine_hangs_up_closes_the_socket() {
+    let mut server = start_server(&[BOOK_TABLE], &["Sure."]).await;
+    let mut carrier = Carrier::connect(&server).await;
+    carrier.open_stream().await;
+    carrier.say("statement_book_table");
+    // The agent answers, then the caller stays silent: an idle prompt, then a hangup.
+    carrier
+        .run_until(Duration::from_secs(45), |message| {
+            matches!(message, FromServer::Close { .. })
+        })
+        .await
+        .expect("the server hangs up");
+    let Some((_, FromServer::Close { code, .. })) = carrier.log.last() else {
+        panic!("the close is the last message");
+    };
+    assert_eq!(*code, 1000);
+    assert!(
+        carrier.texts("mark").count() >= 2,
+        "the answer and the idle prompt are marked"
+    );
+    settle(Duration::from_millis(100)).await;
+    let mut events = Vec::new();
+    drain(&mut server.events, &mut events);
+    assert!(
+        events
+            .iter()
+            .any(|(_, e)| matches!(e, StreamEvent::Media(MediaEvent::IdlePrompt)))
+    );
+    assert!(matches!(
+        events.last(),
+        Some((
+            _,
+            StreamEvent::Ended {
+                reason: EndReason::HungUp,
+                ..
+            }
+        ))
+    ));
+    assert_eq!(server.worker.live_calls(), 0);
+}
+
+#[tokio::test]
+async fn a_worker_thread_takes_calls_and_ends_when_its_handles_drop() {
+    let (worker, thread) = spawn_worker_thread(
+        MediaWorker::new(VadBatch::load_or_fallback(2), None),
+        "media-worker-test",
+    )
+    .expect("worker thread");
+    let spec = CallSpec {
+        config: CallMediaConfig {
+            inbound: InboundCodec::G711(G711Law::MuLaw),
+            outbound: OutboundConfig::pcmu(SampleRate::Hz16000),
+            gate: VadGateConfig::default(),
+            turns: TurnConfig::default(),
+        },
+        link: None,
+        epoch: std::time::Instant::now(),
+    };
+    let hosted = worker.add_call(spec).await.expect("add");
+    assert_eq!(worker.live_calls(), 1);
+    let packet = WirePacket::new(0, 0, false, &[0xFF; 160]).expect("packet");
+    worker.push_packet(hosted.key, packet);
+    assert!(
+        worker
+            .remove_call(hosted.key)
+            .await
+            .expect("remove")
+            .is_none()
+    );
+    assert_eq!(worker.live_calls(), 0);
+    assert!(WirePacket::new(0, 0, false, &[0; 161]).is_none());
+    drop(worker);
+    let worker = tokio::task::spawn_blocking(move || thread.join().expect("join"))
+        .await
+        .expect("joined");
+    assert!(worker.is_empty());
 }
