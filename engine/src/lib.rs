@@ -13,6 +13,7 @@ pub mod events;
 pub mod providers;
 pub mod session;
 pub mod tools;
+pub mod transport;
 pub mod turns;
 pub mod vad;
 
