@@ -7,9 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use callingbox_engine::providers::{
-    ChatMessage, LlmEvent, LlmProvider, LlmRequest, ProviderError,
-};
+use callingbox_engine::providers::{ChatMessage, LlmEvent, LlmProvider, LlmRequest, ProviderError};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 

@@ -133,11 +133,7 @@ impl Histogram {
     /// Values strictly above `limit` (to bucket precision).
     pub fn count_above(&self, limit: Duration) -> u64 {
         let first = (limit.as_nanos() / BUCKET.as_nanos()) as usize + 1;
-        self.counts
-            .iter()
-            .skip(first)
-            .map(|&c| u64::from(c))
-            .sum()
+        self.counts.iter().skip(first).map(|&c| u64::from(c)).sum()
     }
 
     /// Adds every value of `other`.

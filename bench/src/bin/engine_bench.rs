@@ -22,7 +22,9 @@ use std::time::{Duration, Instant as StdInstant};
 
 use callingbox_bench::fixtures::{Clip, load_clips};
 use callingbox_bench::paced_llm::PacedLlm;
-use callingbox_bench::procfs::{cpu_seconds_by_thread_name, load_average, rss_bytes};
+use callingbox_bench::procfs::{
+    ThreadSchedstat, cpu_seconds_by_thread_name, load_average, rss_bytes,
+};
 use callingbox_bench::stats::{Histogram, Samples, Summary};
 use callingbox_engine::audio::{InboundCodec, OutboundConfig, OutboundPacket};
 use callingbox_engine::clock::Instant;
@@ -106,6 +108,13 @@ struct TrialConfig {
     /// Every n-th statement is interrupted ("Wait, stop.") one second into
     /// the agent's reply; 0: never.
     barge_every: usize,
+    /// Print this call's media events and caller steps to stderr.
+    #[serde(default)]
+    trace_call: Option<usize>,
+    /// At most this many calls per `MediaWorker` (several per thread), so
+    /// each VAD batch stays small; `None`: one `MediaWorker` per thread.
+    #[serde(default)]
+    shard_size: Option<usize>,
 }
 
 // ------------------------------------------------------------------ script
@@ -170,7 +179,10 @@ struct NewCall {
 }
 
 enum WorkerSignal {
-    Ready { vad: String, eot_loaded: Option<bool> },
+    Ready {
+        vad: String,
+        eot_loaded: Option<bool>,
+    },
     AllAdded,
 }
 
@@ -183,6 +195,8 @@ enum CallerState {
         clip: usize,
         pos: usize,
         then_barge: bool,
+        /// The agent's last segment when the clip started: a reply is any other.
+        segment_before: Option<u32>,
     },
     AwaitReply {
         since: u64,
@@ -228,6 +242,7 @@ struct CallerSim {
     sequence: u16,
     timestamp: u32,
     gap_ticks: u64,
+    clip_started_tick: u64,
     last_clip: Option<ClipMark>,
     commits: u64,
     eot_requested_at: Option<StdInstant>,
@@ -251,6 +266,8 @@ struct SegmentRecord {
 struct SinkCall {
     last_packet_tick: Option<u64>,
     last_segment: Option<u32>,
+    /// The tick of the first packet of `last_segment`.
+    segment_started_tick: u64,
     spurt_first: Option<StdInstant>,
     spurt_index: u32,
     segments: Vec<SegmentRecord>,
@@ -258,7 +275,10 @@ struct SinkCall {
 
 /// Records the real send time of every agent packet.
 struct RecordingSink {
-    slots: HashMap<u64, usize>,
+    /// (shard, call key) to the index of the call on this thread.
+    slots: HashMap<(usize, u64), usize>,
+    /// The shard being ticked.
+    shard: usize,
     calls: Vec<SinkCall>,
     tick: u64,
     tick_start: StdInstant,
@@ -272,11 +292,14 @@ struct RecordingSink {
 impl PacketSink for RecordingSink {
     fn send(&mut self, call: CallKey, _now: Instant, packet: &OutboundPacket<'_>) {
         let sent = StdInstant::now();
-        let Some(&index) = self.slots.get(&call.as_u64()) else {
+        let Some(&index) = self.slots.get(&(self.shard, call.as_u64())) else {
             return;
         };
         let state = &mut self.calls[index];
         state.last_packet_tick = Some(self.tick);
+        if state.last_segment != Some(packet.segment) {
+            state.segment_started_tick = self.tick;
+        }
         state.last_segment = Some(packet.segment);
         match state.spurt_first {
             Some(first) if !packet.starts_talkspurt => {
@@ -321,6 +344,8 @@ struct WorkerSetup {
     new_calls: std_mpsc::Receiver<NewCall>,
     signals: std_mpsc::Sender<WorkerSignal>,
     stop: Arc<AtomicBool>,
+    trace_call: Option<usize>,
+    shard_size: Option<usize>,
 }
 
 struct WorkerReport {
@@ -334,6 +359,10 @@ struct WorkerReport {
     send_offset: Histogram,
     packets: u64,
     ticks: u64,
+    /// CPU time of each measured tick (schedstat).
+    tick_cpu: Histogram,
+    /// Time this thread was runnable but waiting for a CPU, during measured ticks.
+    runqueue_wait: Duration,
     vad_failures: u64,
 }
 
@@ -356,7 +385,7 @@ impl CallerSim {
             CallerState::Silence { until } if tick >= until => {
                 let item = self.script.items[self.next_item % self.script.items.len()];
                 self.next_item += 1;
-                self.start_clip(item.clip, item.barge, now, clips);
+                self.start_clip(item.clip, item.barge, tick, now, clips, sink);
             }
             CallerState::AwaitReply {
                 since,
@@ -364,11 +393,12 @@ impl CallerSim {
                 barge,
                 segment_before,
             } => {
+                // The reply may start in the clip's trailing silence.
                 let replied = sink.last_packet_tick.is_some_and(|t| t > since)
                     && sink.last_segment != segment_before;
                 if replied {
                     self.state = CallerState::AgentSpeaking {
-                        barge_at: barge.then_some(tick + BARGE_AFTER_TICKS),
+                        barge_at: barge.then_some(sink.segment_started_tick + BARGE_AFTER_TICKS),
                     };
                 } else if tick >= give_up {
                     self.reply_timeouts += 1;
@@ -379,7 +409,7 @@ impl CallerSim {
             }
             CallerState::AgentSpeaking { barge_at } => {
                 if barge_at.is_some_and(|at| tick >= at) {
-                    self.start_clip(interruption, false, now, clips);
+                    self.start_clip(interruption, false, tick, now, clips, sink);
                     if let CallerState::Playing { .. } = self.state {
                         // The packet pushed now carries the 20 ms before it.
                         let clip_start = now - TICK;
@@ -404,6 +434,7 @@ impl CallerSim {
             clip,
             pos,
             then_barge,
+            segment_before,
         } = self.state
         {
             let bytes = &clips[clip].ulaw;
@@ -411,16 +442,17 @@ impl CallerSim {
             payload[..end - pos].copy_from_slice(&bytes[pos..end]);
             if end >= bytes.len() {
                 self.state = CallerState::AwaitReply {
-                    since: tick,
+                    since: self.clip_started_tick,
                     give_up: tick + REPLY_TIMEOUT_TICKS,
                     barge: then_barge,
-                    segment_before: sink.last_segment,
+                    segment_before,
                 };
             } else {
                 self.state = CallerState::Playing {
                     clip,
                     pos: end,
                     then_barge,
+                    segment_before,
                 };
             }
         }
@@ -437,7 +469,15 @@ impl CallerSim {
         self.timestamp = self.timestamp.wrapping_add(160);
     }
 
-    fn start_clip(&mut self, clip: usize, then_barge: bool, now: StdInstant, clips: &[Clip]) {
+    fn start_clip(
+        &mut self,
+        clip: usize,
+        then_barge: bool,
+        tick: u64,
+        now: StdInstant,
+        clips: &[Clip],
+        sink: &SinkCall,
+    ) {
         // The first packet, pushed now, carries the clip's first 20 ms: the
         // caller started speaking 20 ms ago.
         let clip_start = now - TICK;
@@ -445,10 +485,12 @@ impl CallerSim {
             true_end: clip_start + clips[clip].speech_end,
             claimed: false,
         });
+        self.clip_started_tick = tick;
         self.state = CallerState::Playing {
             clip,
             pos: 0,
             then_barge,
+            segment_before: sink.last_segment,
         };
     }
 
@@ -486,15 +528,13 @@ impl CallerSim {
                     eot_requested: self.eot_requested_at.take(),
                 });
             }
-            MediaEvent::Interrupted { at, segment, .. } => {
-                match self.barges.last_mut() {
-                    Some(barge) if barge.confirmed.is_none() => {
-                        barge.confirmed = Some(to_std(*at));
-                        barge.segment = *segment;
-                    }
-                    _ => self.other_interruptions += 1,
+            MediaEvent::Interrupted { at, segment, .. } => match self.barges.last_mut() {
+                Some(barge) if barge.confirmed.is_none() => {
+                    barge.confirmed = Some(to_std(*at));
+                    barge.segment = *segment;
                 }
-            }
+                _ => self.other_interruptions += 1,
+            },
             MediaEvent::Hangup { .. } => self.hangups += 1,
             _ => {}
         }
@@ -503,23 +543,39 @@ impl CallerSim {
 
 fn run_worker(setup: WorkerSetup) -> WorkerReport {
     let capacity = setup.calls_expected.max(1);
-    let vad = VadBatch::load_or_fallback(capacity);
-    let vad_name = match vad.fallback_reason() {
-        None => "silero".to_owned(),
-        Some(reason) => format!("energy fallback ({reason})"),
-    };
-    let (eot, eot_loaded) = if setup.eot {
-        match EotPool::start(EOT_MAX_BATCH) {
-            Ok(pool) => (Some(pool), Some(true)),
-            Err(err) => {
-                eprintln!("worker {}: Smart Turn did not load: {err}", setup.id);
-                (None, Some(false))
-            }
-        }
+    // With the end-of-turn model, one MediaWorker per thread: each owns
+    // its own model thread.
+    let shard_size = if setup.eot {
+        capacity
     } else {
-        (None, None)
+        setup.shard_size.unwrap_or(capacity).clamp(1, capacity)
     };
-    let mut worker = MediaWorker::new(vad, eot);
+    let mut workers = Vec::new();
+    let mut vad_name = String::new();
+    let mut eot_loaded = None;
+    for _ in 0..capacity.div_ceil(shard_size) {
+        let vad = VadBatch::load_or_fallback(shard_size);
+        vad_name = match vad.fallback_reason() {
+            None => "silero".to_owned(),
+            Some(reason) => format!("energy fallback ({reason})"),
+        };
+        let eot = if setup.eot {
+            match EotPool::start(EOT_MAX_BATCH) {
+                Ok(pool) => {
+                    eot_loaded = Some(true);
+                    Some(pool)
+                }
+                Err(err) => {
+                    eprintln!("worker {}: Smart Turn did not load: {err}", setup.id);
+                    eot_loaded = Some(false);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        workers.push(MediaWorker::new(vad, eot));
+    }
     let _ = setup.signals.send(WorkerSignal::Ready {
         vad: vad_name,
         eot_loaded,
@@ -537,6 +593,7 @@ fn run_worker(setup: WorkerSetup) -> WorkerReport {
     let now = StdInstant::now();
     let mut sink = RecordingSink {
         slots: HashMap::with_capacity(capacity),
+        shard: 0,
         calls: Vec::with_capacity(capacity),
         tick: 0,
         tick_start: now,
@@ -554,6 +611,9 @@ fn run_worker(setup: WorkerSetup) -> WorkerReport {
     let mut measure_from: Option<u64> = None;
     let mut all_added_sent = false;
     let mut measured_ticks = 0u64;
+    let mut tick_cpu = Histogram::default();
+    let mut runqueue_wait = Duration::ZERO;
+    let mut schedstat = ThreadSchedstat::open();
     let mut deadline = StdInstant::now() + TICK;
     let mut tick = 0u64;
     while !setup.stop.load(Ordering::Relaxed) {
@@ -562,6 +622,7 @@ fn run_worker(setup: WorkerSetup) -> WorkerReport {
             std::thread::sleep(deadline - now);
         }
         let tick_start = StdInstant::now();
+        let sched_start = schedstat.as_mut().and_then(ThreadSchedstat::read);
         let late_by = tick_start.saturating_duration_since(deadline);
         // Ramp: add a few calls per tick.
         if sims.len() < setup.calls_expected {
@@ -569,9 +630,11 @@ fn run_worker(setup: WorkerSetup) -> WorkerReport {
                 let Ok(new) = setup.new_calls.try_recv() else {
                     break;
                 };
-                match worker.add_call(tick_start, new.epoch, config.clone(), Some(new.link)) {
+                let shard = sims.len() / shard_size;
+                match workers[shard].add_call(tick_start, new.epoch, config.clone(), Some(new.link))
+                {
                     Ok(key) => {
-                        sink.slots.insert(key.as_u64(), sims.len());
+                        sink.slots.insert((shard, key.as_u64()), sims.len());
                         sink.calls.push(SinkCall::default());
                         sims.push(CallerSim {
                             index: new.index,
@@ -585,6 +648,7 @@ fn run_worker(setup: WorkerSetup) -> WorkerReport {
                             sequence: 0,
                             timestamp: 0,
                             gap_ticks: new.gap_ticks,
+                            clip_started_tick: 0,
                             last_clip: None,
                             commits: 0,
                             eot_requested_at: None,
@@ -610,25 +674,49 @@ fn run_worker(setup: WorkerSetup) -> WorkerReport {
         sink.tick_start = tick_start;
         sink.deadline = deadline;
 
-        let caller_start = StdInstant::now();
-        for (sim, sink_call) in sims.iter_mut().zip(&sink.calls) {
-            sim.step(tick, caller_start, &setup.clips, sink_call, &mut worker);
-        }
-        let engine_start = StdInstant::now();
-        let events = worker.tick(engine_start, &mut sink);
-        let engine_end = StdInstant::now();
-        for event in events {
-            if let Some(&index) = sink.slots.get(&event.call.as_u64()) {
+        let mut caller_time = Duration::ZERO;
+        let mut engine_time = Duration::ZERO;
+        for (shard, worker) in workers.iter_mut().enumerate() {
+            let calls =
+                (shard * shard_size).min(sims.len())..((shard + 1) * shard_size).min(sims.len());
+            let caller_start = StdInstant::now();
+            for (sim, sink_call) in sims[calls.clone()].iter_mut().zip(&sink.calls[calls]) {
+                sim.step(tick, caller_start, &setup.clips, sink_call, worker);
+            }
+            let engine_start = StdInstant::now();
+            sink.shard = shard;
+            let events = worker.tick(engine_start, &mut sink);
+            let engine_end = StdInstant::now();
+            caller_time += engine_start - caller_start;
+            engine_time += engine_end - engine_start;
+            for event in events {
+                let Some(&index) = sink.slots.get(&(shard, event.call.as_u64())) else {
+                    continue;
+                };
+                if setup.trace_call == Some(sims[index].index) {
+                    eprintln!(
+                        "call {} {:>8.3}s {:?} (caller {:?})",
+                        sims[index].index,
+                        event.at.since_epoch().as_secs_f64(),
+                        event.event,
+                        sims[index].state
+                    );
+                }
                 sims[index].on_event(event.at, &event.event);
             }
         }
         let tick_end = StdInstant::now();
+        let sched_end = schedstat.as_mut().and_then(ThreadSchedstat::read);
         if measuring {
+            if let (Some((cpu0, wait0)), Some((cpu1, wait1))) = (sched_start, sched_end) {
+                tick_cpu.record(cpu1.saturating_sub(cpu0));
+                runqueue_wait += wait1.saturating_sub(wait0);
+            }
             measured_ticks += 1;
             lateness.record(late_by);
             work.record(tick_end - tick_start);
-            engine.record(engine_end - engine_start);
-            caller.record(engine_start - caller_start);
+            engine.record(engine_time);
+            caller.record(caller_time);
         }
         tick += 1;
         // An absolute schedule: a late tick is followed at once by the next.
@@ -645,7 +733,9 @@ fn run_worker(setup: WorkerSetup) -> WorkerReport {
         send_offset: sink.send_offset,
         packets: sink.packets,
         ticks: measured_ticks,
-        vad_failures: worker.vad_failures(),
+        tick_cpu,
+        runqueue_wait,
+        vad_failures: workers.iter().map(MediaWorker::vad_failures).sum(),
     }
 }
 
@@ -663,6 +753,10 @@ struct TrialResult {
     tick_work: Summary,
     tick_engine: Summary,
     tick_caller: Summary,
+    /// CPU time per tick (the work without the time other processes held the core).
+    tick_cpu: Summary,
+    /// Share of the measured ticks' wall time the media threads waited for a CPU, %.
+    media_runqueue_wait_percent: f64,
     agent_packets: u64,
     pacing_jitter: Summary,
     send_offset: Summary,
@@ -747,7 +841,9 @@ fn add_turn_figures(
         figures
             .vad_stop_to_decision
             .push_ms(signed_ms(turn.decided, turn.vad_end));
-        if let Some(requested) = turn.eot_requested {
+        // The model's own latency: turns it decided (the other reasons are
+        // the turn machine's waits, or the model being too late).
+        if let (Some(requested), "Model") = (turn.eot_requested, turn.reason.as_str()) {
             figures
                 .eot_request_to_decision
                 .push_ms(signed_ms(turn.decided, requested));
@@ -802,10 +898,12 @@ fn add_turn_figures(
             continue;
         };
         figures.barge_confirmed += 1;
-        let segment = barge
-            .segment
-            .and_then(segment_of)
-            .or_else(|| sink.segments.iter().rev().find(|s| s.first_send < confirmed));
+        let segment = barge.segment.and_then(segment_of).or_else(|| {
+            sink.segments
+                .iter()
+                .rev()
+                .find(|s| s.first_send < confirmed)
+        });
         let Some(segment) = segment else { continue };
         // The caller hears the last packet for the 20 ms it carries.
         let silent_from = segment.last_send + TICK;
@@ -848,6 +946,8 @@ fn run_trial(config: &TrialConfig) -> Result<TrialResult, BoxError> {
             new_calls: call_rx,
             signals: signal_tx.clone(),
             stop: Arc::clone(&stop),
+            trace_call: config.trace_call,
+            shard_size: config.shard_size,
         };
         threads.push(
             std::thread::Builder::new()
@@ -859,7 +959,10 @@ fn run_trial(config: &TrialConfig) -> Result<TrialResult, BoxError> {
     let mut eot_model_loaded = None;
     for _ in 0..WORKERS {
         match signal_rx.recv_timeout(Duration::from_secs(60))? {
-            WorkerSignal::Ready { vad: name, eot_loaded } => {
+            WorkerSignal::Ready {
+                vad: name,
+                eot_loaded,
+            } => {
                 vad = name;
                 eot_model_loaded = eot_loaded.map(|l| l && eot_model_loaded.unwrap_or(true));
             }
@@ -965,6 +1068,8 @@ fn run_trial(config: &TrialConfig) -> Result<TrialResult, BoxError> {
     let mut caller = Histogram::default();
     let mut jitter = Histogram::default();
     let mut send_offset = Histogram::default();
+    let mut tick_cpu = Histogram::default();
+    let mut runqueue_wait = Duration::ZERO;
     let (mut packets, mut ticks, mut vad_failures) = (0, 0, 0);
     let (mut unmatched, mut timeouts, mut other_interruptions, mut hangups) = (0, 0, 0, 0);
     for report in &reports {
@@ -974,6 +1079,8 @@ fn run_trial(config: &TrialConfig) -> Result<TrialResult, BoxError> {
         caller.merge(&report.caller);
         jitter.merge(&report.jitter);
         send_offset.merge(&report.send_offset);
+        tick_cpu.merge(&report.tick_cpu);
+        runqueue_wait += report.runqueue_wait;
         packets += report.packets;
         ticks += report.ticks;
         vad_failures += report.vad_failures;
@@ -999,11 +1106,17 @@ fn run_trial(config: &TrialConfig) -> Result<TrialResult, BoxError> {
         })
         .filter(|(_, percent)| *percent > 0.05)
         .collect();
+    let unanswered = figures.reasons.get("ModelUnanswered").copied().unwrap_or(0);
+    // The model keeps up: its decisions come in time, and at most 1 % of
+    // turns fell back to the cues because it was too late.
+    let model_keeps_up = eot_request_to_decision.n > 0
+        && eot_request_to_decision.p99 < EOT_DECISION_TARGET_MS
+        && unanswered * 100 <= figures.user_turns;
     let holds = ticks > 0
         && late_ticks == 0
         && pacing_jitter.p99 <= JITTER_TARGET_MS
         && figures.answered > 0
-        && (!config.eot || eot_request_to_decision.p99 < EOT_DECISION_TARGET_MS);
+        && (!config.eot || model_keeps_up);
     Ok(TrialResult {
         config: config.clone(),
         vad,
@@ -1015,6 +1128,10 @@ fn run_trial(config: &TrialConfig) -> Result<TrialResult, BoxError> {
         tick_work: work.summary(),
         tick_engine: engine.summary(),
         tick_caller: caller.summary(),
+        tick_cpu: tick_cpu.summary(),
+        media_runqueue_wait_percent: runqueue_wait.as_secs_f64()
+            / (ticks.max(1) as f64 * TICK.as_secs_f64())
+            * 100.0,
         agent_packets: packets,
         pacing_jitter,
         send_offset: send_offset.summary(),
@@ -1053,6 +1170,83 @@ fn run_trial(config: &TrialConfig) -> Result<TrialResult, BoxError> {
         load_average_end,
         holds,
     })
+}
+
+// ------------------------------------------------------------------ calibration
+
+/// The two models alone, on this machine: what one batched inference costs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ModelCost {
+    model: String,
+    batch: usize,
+    /// Median time of one inference of the whole batch, ms.
+    ms_per_run: f64,
+    /// The same per row, us.
+    us_per_row: f64,
+}
+
+fn median_ms(mut runs: Vec<Duration>) -> f64 {
+    runs.sort();
+    runs.get(runs.len() / 2)
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
+fn calibrate(clips: &[Clip]) -> Result<Vec<ModelCost>, BoxError> {
+    // Speech: a statement decoded to 16 kHz the way the worker would see it (8 kHz samples doubled).
+    let mut pcm8 = vec![0i16; clips[0].ulaw.len()];
+    G711Law::MuLaw.decode(&clips[0].ulaw, &mut pcm8)?;
+    let speech: Vec<i16> = pcm8.iter().flat_map(|&s| [s, s]).collect();
+    let mut costs = Vec::new();
+    let mut vad = VadBatch::load_or_fallback(512);
+    let model = if vad.is_silero() {
+        "silero"
+    } else {
+        "energy fallback"
+    };
+    let handles: Vec<_> = (0..512).map(|_| vad.register()).collect::<Result<_, _>>()?;
+    for batch in [1usize, 8, 32, 64, 128, 256, 512] {
+        let mut runs = Vec::new();
+        for rep in 0..40 {
+            for (i, &handle) in handles[..batch].iter().enumerate() {
+                let start = ((rep * 7 + i * 13) % 100) * 512;
+                vad.submit(handle, &speech[start..start + 512])?;
+            }
+            let began = StdInstant::now();
+            vad.run()?;
+            runs.push(began.elapsed());
+        }
+        let ms = median_ms(runs);
+        costs.push(ModelCost {
+            model: format!("VAD ({model})"),
+            batch,
+            ms_per_run: ms,
+            us_per_row: ms * 1e3 / batch as f64,
+        });
+    }
+    match callingbox_engine::eot::SmartTurn::load(8) {
+        Ok(mut smart_turn) => {
+            let turn = &speech[..speech.len().min(8 * 16_000)];
+            for batch in [1usize, 4, 8] {
+                let requests: Vec<&[i16]> = vec![turn; batch];
+                let mut out = vec![0.0f32; batch];
+                let mut runs = Vec::new();
+                for _ in 0..7 {
+                    let began = StdInstant::now();
+                    smart_turn.predict_batch(&requests, &mut out)?;
+                    runs.push(began.elapsed());
+                }
+                let ms = median_ms(runs);
+                costs.push(ModelCost {
+                    model: "Smart Turn v3.2".into(),
+                    batch,
+                    ms_per_run: ms,
+                    us_per_row: ms * 1e3 / batch as f64,
+                });
+            }
+        }
+        Err(err) => eprintln!("Smart Turn did not load: {err}"),
+    }
+    Ok(costs)
 }
 
 // ------------------------------------------------------------------ parent
@@ -1106,6 +1300,10 @@ struct Options {
     barge_every: usize,
     smoke: bool,
     out: Option<String>,
+    trace_call: Option<usize>,
+    calibrate: bool,
+    calibrate_only: bool,
+    shard_size: Option<usize>,
 }
 
 const HELP: &str = "engine_bench: the engine's turn latency and capacity, in real time
@@ -1118,8 +1316,12 @@ const HELP: &str = "engine_bench: the engine's turn latency and capacity, in rea
   --capacity-duration 30 seconds per capacity trial
   --capacity-trials 3    extra trials per mode in the step search
   --agent-threads 1      tokio threads for agent loops and providers
-  --barge-every 3        interrupt every n-th statement (0: never)
+  --barge-every 2        interrupt every n-th statement (0: never)
   --out PATH             JSON output (default bench/results/engine.json)
+  --calibrate            only time the models alone (Silero, Smart Turn) per batch size
+  --no-calibrate         skip that step in a full run
+  --shard N              at most N calls per MediaWorker (several per thread; VAD-only)
+  --trace-call N         print call N's media events to stderr
   --smoke                5 calls, 10 s, VAD-only; exits 1 if no turn was answered
 ";
 
@@ -1127,7 +1329,11 @@ fn parse_list(value: &str) -> Result<Vec<usize>, BoxError> {
     value
         .split(',')
         .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse::<usize>().map_err(|e| format!("{s}: {e}").into()))
+        .map(|s| {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|e| format!("{s}: {e}").into())
+        })
         .collect()
 }
 
@@ -1140,9 +1346,13 @@ fn parse_options(args: &[String]) -> Result<Options, BoxError> {
         capacity_duration_s: 30.0,
         capacity_trials: 3,
         agent_threads: 1,
-        barge_every: 3,
+        barge_every: 2,
         smoke: false,
         out: None,
+        trace_call: None,
+        calibrate: true,
+        calibrate_only: false,
+        shard_size: None,
     };
     let mut args = args.iter();
     while let Some(flag) = args.next() {
@@ -1159,6 +1369,13 @@ fn parse_options(args: &[String]) -> Result<Options, BoxError> {
             "--barge-every" => options.barge_every = value()?.parse()?,
             "--out" => options.out = Some(value()?.clone()),
             "--smoke" => options.smoke = true,
+            "--calibrate" => options.calibrate_only = true,
+            "--no-calibrate" => options.calibrate = false,
+            "--shard" => {
+                let size: usize = value()?.parse()?;
+                options.shard_size = (size > 0).then_some(size);
+            }
+            "--trace-call" => options.trace_call = Some(value()?.parse()?),
             "--help" | "-h" => {
                 print!("{HELP}");
                 std::process::exit(0);
@@ -1208,12 +1425,29 @@ fn capacity_search(
             duration_s: options.capacity_duration_s,
             agent_threads: options.agent_threads,
             barge_every: options.barge_every,
+            trace_call: options.trace_call,
+            shard_size: options.shard_size,
         };
         let result = run_child(&config)?;
         note(next, result.holds, &mut held, &mut failed);
         results.push(result);
     }
     Ok((held, failed))
+}
+
+fn print_model_costs(costs: &[ModelCost]) {
+    if costs.is_empty() {
+        return;
+    }
+    println!("\n### The models alone: one inference, one thread (median)\n");
+    println!("| model | batch | ms per inference | us per row |");
+    println!("| --- | ---: | ---: | ---: |");
+    for cost in costs {
+        println!(
+            "| {} | {} | {:.2} | {:.0} |",
+            cost.model, cost.batch, cost.ms_per_run, cost.us_per_row
+        );
+    }
 }
 
 fn ms_or_dash(summary: &Summary, value: f64) -> String {
@@ -1224,8 +1458,17 @@ fn ms_or_dash(summary: &Summary, value: f64) -> String {
     }
 }
 
-fn print_tables(results: &[TrialResult], capacity: &BTreeMap<String, (Option<usize>, Option<usize>)>) {
-    let mode = |r: &TrialResult| if r.config.eot { "Smart Turn" } else { "VAD-only" };
+fn print_tables(
+    results: &[TrialResult],
+    capacity: &BTreeMap<String, (Option<usize>, Option<usize>)>,
+) {
+    let mode = |r: &TrialResult| {
+        if r.config.eot {
+            "Smart Turn"
+        } else {
+            "VAD-only"
+        }
+    };
     println!("\n### Turn latency (ms, p50 / p95 / p99)\n");
     println!(
         "| endpointing | calls | turns | voice_to_voice | engine_overhead | overhead excl. grid wait | endpointing | LLM after commit p50 | TTS TTFB p50 |"
@@ -1246,7 +1489,9 @@ fn print_tables(results: &[TrialResult], capacity: &BTreeMap<String, (Option<usi
         );
     }
     println!("\n### engine_overhead breakdown (ms, p50 / p99)\n");
-    println!("| endpointing | calls | decision -> agent commit | agent loop (clause -> TTS, frame -> queue) | wait for the next tick | in-tick until sent |");
+    println!(
+        "| endpointing | calls | decision -> agent commit | agent loop (clause -> TTS, frame -> queue) | wait for the next tick | in-tick until sent |"
+    );
     println!("| --- | ---: | --- | --- | --- | --- |");
     let pair = |s: &Summary| {
         if s.n == 0 {
@@ -1267,7 +1512,9 @@ fn print_tables(results: &[TrialResult], capacity: &BTreeMap<String, (Option<usi
         );
     }
     println!("\n### Barge-in (ms, p50 / p95 / p99)\n");
-    println!("| endpointing | calls | barge-ins (confirmed) | speech onset -> agent silent | confirmed -> agent silent | agent packets after confirmation |");
+    println!(
+        "| endpointing | calls | barge-ins (confirmed) | speech onset -> agent silent | confirmed -> agent silent | agent packets after confirmation |"
+    );
     println!("| --- | ---: | --- | --- | --- | ---: |");
     for r in results.iter().filter(|r| r.barge_ins > 0) {
         println!(
@@ -1282,15 +1529,21 @@ fn print_tables(results: &[TrialResult], capacity: &BTreeMap<String, (Option<usi
         );
     }
     println!("\n### Capacity: every run\n");
-    println!("| endpointing | calls | late ticks | tick lateness p99 / max | tick work p50 / p99 / max | pacing jitter p99 / max | end-of-turn decision p99 | RSS per call | load avg | holds |");
-    println!("| --- | ---: | ---: | --- | --- | --- | ---: | ---: | --- | --- |");
+    println!(
+        "| endpointing | calls | late ticks | tick lateness p99 / max | tick wall time p50 / p99 / max | tick CPU p50 / p99 | media threads waiting for a CPU | pacing jitter p99 / max | end-of-turn decision p99 | RSS per call | load avg | holds |"
+    );
+    println!("| --- | ---: | ---: | --- | --- | --- | ---: | --- | ---: | ---: | --- | --- |");
     for r in results {
         let load = r
             .load_average_end
             .map_or("-".into(), |l| format!("{:.1}", l[0]));
         println!(
-            "| {} | {} | {} / {} | {:.2} / {:.1} | {:.2} / {:.2} / {:.1} | {:.2} / {:.1} | {} | {:.0} KiB | {} | {} |",
+            "| {}{} | {} | {} / {} | {:.2} / {:.1} | {:.2} / {:.2} / {:.1} | {:.2} / {:.2} | {:.1} % | {:.2} / {:.1} | {} | {:.0} KiB | {} | {} |",
             mode(r),
+            r.config
+                .shard_size
+                .filter(|_| !r.config.eot)
+                .map_or(String::new(), |n| format!(" (shards of {n})")),
             r.config.calls,
             r.late_ticks,
             r.ticks,
@@ -1299,10 +1552,21 @@ fn print_tables(results: &[TrialResult], capacity: &BTreeMap<String, (Option<usi
             r.tick_work.p50,
             r.tick_work.p99,
             r.tick_work.max,
+            r.tick_cpu.p50,
+            r.tick_cpu.p99,
+            r.media_runqueue_wait_percent,
             r.pacing_jitter.p99,
             r.pacing_jitter.max,
             if r.config.eot {
-                ms_or_dash(&r.eot_request_to_decision, r.eot_request_to_decision.p99)
+                format!(
+                    "{} ({} of {} turns unanswered)",
+                    ms_or_dash(&r.eot_request_to_decision, r.eot_request_to_decision.p99),
+                    r.end_of_turn_reasons
+                        .get("ModelUnanswered")
+                        .copied()
+                        .unwrap_or(0),
+                    r.user_turns
+                )
             } else {
                 "-".into()
             },
@@ -1321,7 +1585,9 @@ fn print_tables(results: &[TrialResult], capacity: &BTreeMap<String, (Option<usi
         }
     }
     println!("\n### Pipecat 1.14, same machine kind (shared/research/pipecat-baseline.md)\n");
-    println!("| mode | sessions | VAD stop -> first bot audio p50 / p95 / p99 | real end of speech -> first bot audio p50 / p99 |");
+    println!(
+        "| mode | sessions | VAD stop -> first bot audio p50 / p95 / p99 | real end of speech -> first bot audio p50 / p99 |"
+    );
     println!("| --- | ---: | --- | --- |");
     println!("| vad | 1 | 5.2 / 8.4 / 9.6 ms | 240 / 268 ms (zero-latency fake services) |");
     println!("| vad | 10 | 6.4 / 10.1 / 11.3 ms | 242 / 268 ms |");
@@ -1371,6 +1637,8 @@ fn run(args: &[String]) -> Result<ExitCode, BoxError> {
             duration_s: 10.0,
             agent_threads: options.agent_threads,
             barge_every: options.barge_every,
+            trace_call: options.trace_call,
+            shard_size: options.shard_size,
         };
         let result = run_child(&config)?;
         print_tables(std::slice::from_ref(&result), &BTreeMap::new());
@@ -1381,6 +1649,16 @@ fn run(args: &[String]) -> Result<ExitCode, BoxError> {
         return Ok(ExitCode::SUCCESS);
     }
     let began = StdInstant::now();
+    let mut model_costs = Vec::new();
+    if options.calibrate || options.calibrate_only {
+        let mut ids: Vec<&str> = STATEMENTS.to_vec();
+        ids.push(INTERRUPTION);
+        model_costs = calibrate(&load_clips(&ids)?)?;
+        print_model_costs(&model_costs);
+        if options.calibrate_only {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     let mut results = Vec::new();
     for (&calls, eot) in options
         .calls
@@ -1394,6 +1672,8 @@ fn run(args: &[String]) -> Result<ExitCode, BoxError> {
             duration_s: options.duration_s,
             agent_threads: options.agent_threads,
             barge_every: options.barge_every,
+            trace_call: options.trace_call,
+            shard_size: options.shard_size,
         };
         results.push(run_child(&config)?);
     }
@@ -1410,9 +1690,11 @@ fn run(args: &[String]) -> Result<ExitCode, BoxError> {
         }
     }
     print_tables(&results, &capacity);
-    let out = options.out.clone().unwrap_or_else(|| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/results/engine.json").to_owned()
-    });
+    print_model_costs(&model_costs);
+    let out = options
+        .out
+        .clone()
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/results/engine.json").to_owned());
     let capacity_json: BTreeMap<_, _> = capacity
         .iter()
         .map(|(mode, (held, failed))| {
@@ -1434,6 +1716,7 @@ fn run(args: &[String]) -> Result<ExitCode, BoxError> {
             "tts_real_time_factor": TTS_REAL_TIME_FACTOR,
         },
         "capacity": capacity_json,
+        "model_costs": model_costs,
         "runs": results,
     });
     if let Some(dir) = std::path::Path::new(&out).parent() {
