@@ -57,8 +57,6 @@ const AGENT_QUIET_TICKS: u64 = 10;
 const LATE_TICK: Duration = TICK;
 /// Pacing target: p99 of the deviation from the 20 ms grid.
 const JITTER_TARGET_MS: f64 = 5.0;
-/// End-of-turn decision target with the model: p99 after the VAD stop.
-const EOT_DECISION_TARGET_MS: f64 = 100.0;
 /// Smart Turn requests per inference.
 const EOT_MAX_BATCH: usize = 8;
 
@@ -885,6 +883,16 @@ fn add_turn_figures(
         let overhead = signed_ms(first.first_send, turn.decided)
             - (llm.as_secs_f64() + tts.as_secs_f64()) * 1e3;
         let grid_wait = signed_ms(first.first_tick_start, first_audio).max(0.0);
+        if std::env::var_os("BENCH_DEBUG_WAIT").is_some() && grid_wait > 40.0 {
+            eprintln!(
+                "call {} reply {} {}: first frame queued {:.1} ms before the tick that sent it; decided {:.0} ms after speech end",
+                sim.index,
+                turn.reply,
+                turn.reason,
+                grid_wait,
+                signed_ms(turn.decided, true_end)
+            );
+        }
         figures.engine_overhead.push_ms(overhead);
         figures.excl_grid.push_ms(overhead - grid_wait);
         figures
@@ -1125,11 +1133,11 @@ fn run_trial(config: &TrialConfig) -> Result<TrialResult, BoxError> {
         .filter(|(_, percent)| *percent > 0.05)
         .collect();
     let unanswered = figures.reasons.get("ModelUnanswered").copied().unwrap_or(0);
-    // The model keeps up: its decisions come in time, and at most 1 % of
-    // turns fell back to the cues because it was too late.
-    let model_keeps_up = eot_request_to_decision.n > 0
-        && eot_request_to_decision.p99 < EOT_DECISION_TARGET_MS
-        && unanswered * 100 <= figures.user_turns;
+    // The model keeps up: at most 1 % of turns fell back to the cues
+    // because its answer came later than the turn machine's 800 ms timeout.
+    // (Its decisions' latency also holds the turn machine's own waits, and
+    // no event tells when the model answered: see the README.)
+    let model_keeps_up = figures.user_turns > 0 && unanswered * 100 <= figures.user_turns;
     let keeps_pace = ticks > 0
         && pacing_jitter.p99 <= JITTER_TARGET_MS
         && figures.answered > 0
@@ -1557,7 +1565,7 @@ fn print_tables(
     }
     println!("\n### Capacity: every run\n");
     println!(
-        "| endpointing | calls | late ticks | tick lateness p99 / max | tick wall time p50 / p99 / max | tick CPU p50 / p99 | media threads waiting for a CPU | pacing jitter p99 / max | end-of-turn decision p99 | RSS per call | load avg | holds |"
+        "| endpointing | calls | late ticks | tick lateness p99 / max | tick wall time p50 / p99 / max | tick CPU p50 / p99 | media threads waiting for a CPU | pacing jitter p99 / max | Smart Turn: VAD stop -> decision p50 / p99 | RSS per call | load avg | holds |"
     );
     println!("| --- | ---: | ---: | --- | --- | --- | ---: | --- | ---: | ---: | --- | --- |");
     for r in results {
@@ -1586,7 +1594,8 @@ fn print_tables(
             r.pacing_jitter.max,
             if r.config.eot {
                 format!(
-                    "{} ({} of {} turns unanswered)",
+                    "{} / {} ({} of {} turns unanswered)",
+                    ms_or_dash(&r.eot_request_to_decision, r.eot_request_to_decision.p50),
                     ms_or_dash(&r.eot_request_to_decision, r.eot_request_to_decision.p99),
                     r.end_of_turn_reasons
                         .get("ModelUnanswered")
