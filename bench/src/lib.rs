@@ -1,5 +1,10 @@
 //! Shared helpers for the CallingBox benchmarks.
 
+pub mod fixtures;
+pub mod paced_llm;
+pub mod procfs;
+pub mod stats;
+
 use callingbox_codecs::{MediaTime, PcmFrame, SampleRate};
 
 /// A 20 ms frame of a speech-like signal (a gliding buzz with harmonics) at `rate`.
