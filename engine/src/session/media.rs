@@ -3,11 +3,13 @@
 //! transcripts to the turn machine, agent audio out one packet per tick.
 //!
 //! The driver calls, every 20 ms tick: [`CallMedia::pull_audio`] (the next
-//! inbound frame, and a VAD window when one completed), then
-//! [`CallMedia::on_vad`] with the window's probability once the batch ran,
-//! then [`CallMedia::tick`] for the packet to send. A barge-in flushes the
-//! outbound queue inside the call that confirmed it, so the very next packet
-//! is silence, whatever transport carries it.
+//! inbound frame, and a VAD window when one completed) and
+//! [`CallMedia::next_packet`] (the agent packet to send, before any heavy
+//! work so the send times stay on the 20 ms grid), then [`CallMedia::on_vad`]
+//! with the window's probability once the batch ran, then
+//! [`CallMedia::tick`] for the timers. A barge-in flushes the outbound queue
+//! inside the call that confirmed it, so the next tick sends nothing of the
+//! interrupted reply, whatever transport carries it.
 
 use std::time::Duration;
 
@@ -72,6 +74,15 @@ pub enum MediaEvent {
     EndOfTurnRequested {
         /// Identifies the answer.
         request: u64,
+    },
+    /// The end-of-turn model answered a request (reported by the worker).
+    EndOfTurnAnswered {
+        /// The request.
+        request: u64,
+        /// Its probability that the turn is complete.
+        probability_complete: f32,
+        /// From the request's submission to the answer's arrival.
+        waited: Duration,
     },
     /// Start generating a reply to these words before the turn is confirmed.
     Speculate {
@@ -257,9 +268,11 @@ impl CallMedia {
         self.outbound.free_frames()
     }
 
-    /// Tick step 3: timers fire, and the agent packet to send now, if any.
-    pub fn tick(&mut self, now: Instant) -> Option<OutboundPacket<'_>> {
-        self.feed(now, TurnInput::Tick);
+    /// Tick step 1b: the agent packet to send now, if any. Called before the
+    /// VAD batch runs, so the send time does not move with the tick's work
+    /// (pacing jitter); a barge-in confirmed later in this tick flushes
+    /// everything after this packet.
+    pub fn next_packet(&mut self, now: Instant) -> Option<OutboundPacket<'_>> {
         let has_packet = self.outbound.queued_frames() > 0;
         if has_packet {
             self.last_agent_packet = Some(now);
@@ -288,6 +301,23 @@ impl CallMedia {
             });
         }
         packet
+    }
+
+    /// Tick step 3: the turn machine's timers fire.
+    pub fn tick(&mut self, now: Instant) {
+        self.feed(now, TurnInput::Tick);
+    }
+
+    /// Drops all queued agent audio (a new user turn supersedes the reply
+    /// still playing); returns the frames dropped.
+    pub fn flush_agent_audio(&mut self) -> usize {
+        self.outbound.flush().frames
+    }
+
+    /// Adds an event the driver observed about this call (e.g. a model's
+    /// answer), so it reaches the event stream in order with the rest.
+    pub fn report(&mut self, event: MediaEvent) {
+        self.events.push(event);
     }
 
     /// The events since the last drain, in order.

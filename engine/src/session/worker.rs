@@ -102,6 +102,10 @@ struct Slot {
     interrupted_up_to: Option<u64>,
     /// Whether the agent was running a tool at the last tick.
     tool_running: bool,
+    /// This tick's VAD window was digital silence (not sent to the model).
+    window_silent: bool,
+    /// Windows were skipped since the model last ran for this call.
+    vad_skipped: bool,
     asr_dropped: u64,
 }
 
@@ -169,6 +173,8 @@ impl MediaWorker {
             current_reply: None,
             interrupted_up_to: None,
             tool_running: false,
+            window_silent: false,
+            vad_skipped: false,
             asr_dropped: 0,
         };
         let index = match self.slots.iter().position(Option::is_none) {
@@ -226,8 +232,10 @@ impl MediaWorker {
     /// events of this tick (also already acted on for linked calls).
     pub fn tick(&mut self, now: std::time::Instant, sink: &mut dyn PacketSink) -> &[WorkerEvent] {
         self.events.clear();
-        // 1. Audio in, agent audio in, VAD windows out.
-        for slot in self.slots.iter_mut().flatten() {
+        // 1. Audio in, agent audio in, VAD windows out, the agent packet sent.
+        for (index, entry) in self.slots.iter_mut().enumerate() {
+            let Some(slot) = entry.as_mut() else { continue };
+            let key = CallKey::new(index, self.generations[index]);
             let call_now = Instant::from_std(slot.epoch, now);
             slot.drain_agent_audio();
             let (frame, window) = slot.media.pull_audio(call_now);
@@ -237,10 +245,27 @@ impl MediaWorker {
                 slot.asr_dropped += 1;
             }
             slot.window_end = None;
-            if let Some((samples, end)) = window
-                && self.vad.submit(slot.vad, samples).is_ok()
-            {
-                slot.window_end = Some(end);
+            slot.window_silent = false;
+            if let Some((samples, end)) = window {
+                // Digital silence needs no model: it scores as silence, and a
+                // call that is listening (most of a call) costs no inference.
+                if is_silent(samples) {
+                    slot.window_end = Some(end);
+                    slot.window_silent = true;
+                    slot.vad_skipped = true;
+                } else {
+                    // The model's recurrent state did not hear the silence:
+                    // start it fresh, as after silence, not where speech left it.
+                    if std::mem::take(&mut slot.vad_skipped) {
+                        let _ = self.vad.reset(slot.vad);
+                    }
+                    if self.vad.submit(slot.vad, samples).is_ok() {
+                        slot.window_end = Some(end);
+                    }
+                }
+            }
+            if let Some(packet) = slot.media.next_packet(call_now) {
+                sink.send(key, call_now, &packet);
             }
         }
         // 2. One inference for every submitted window.
@@ -262,6 +287,11 @@ impl MediaWorker {
                 let call_now = Instant::from_std(slot.epoch, now);
                 slot.media
                     .on_end_of_turn(call_now, answer.request, answer.probability_complete);
+                slot.media.report(MediaEvent::EndOfTurnAnswered {
+                    request: answer.request,
+                    probability_complete: answer.probability_complete,
+                    waited: now.saturating_duration_since(answer.submitted_at),
+                });
             }
         }
         for (index, entry) in self.slots.iter_mut().enumerate() {
@@ -269,7 +299,12 @@ impl MediaWorker {
             let key = CallKey::new(index, self.generations[index]);
             let call_now = Instant::from_std(slot.epoch, now);
             if let Some(window_end) = slot.window_end {
-                match self.vad.probability(slot.vad).ok().filter(|_| scored) {
+                let probability = if slot.window_silent {
+                    Some(0.0)
+                } else {
+                    self.vad.probability(slot.vad).ok().filter(|_| scored)
+                };
+                match probability {
                     Some(probability) => slot.media.on_vad(call_now, window_end, probability),
                     None => slot.media.on_vad_missing(call_now, window_end),
                 }
@@ -289,9 +324,7 @@ impl MediaWorker {
                     }
                 }
             }
-            if let Some(packet) = slot.media.tick(call_now) {
-                sink.send(key, call_now, &packet);
-            }
+            slot.media.tick(call_now);
             let first = self.events.len();
             self.events
                 .extend(slot.media.drain_events().map(|event| WorkerEvent {
@@ -309,9 +342,18 @@ impl MediaWorker {
                         key: key.as_u64(),
                         request,
                         audio: self.turn_audio.clone(),
+                        submitted_at: now,
                     });
                 }
-                if let MediaEvent::Interrupted { .. } = reported.event {
+                let supersedes_reply = match reported.event {
+                    MediaEvent::Interrupted { .. } => true,
+                    // A turn committed while the agent still talks (a short
+                    // answer at its last words): the agent loop drops the old
+                    // reply, so must the queue.
+                    MediaEvent::UserTurnEnded { .. } => slot.media.flush_agent_audio() > 0,
+                    _ => false,
+                };
+                if supersedes_reply {
                     slot.interrupted_up_to = slot.current_reply.or(slot.interrupted_up_to);
                     slot.current_reply = None;
                     slot.pending_agent_frame = None;
@@ -362,6 +404,16 @@ impl Slot {
             self.current_reply = Some(frame.reply);
         }
     }
+}
+
+/// Below this peak (about -54 dBFS) a VAD window is digital silence or the
+/// quietest line hiss, and is scored 0 without running the model.
+const SILENT_PEAK: i16 = 64;
+
+fn is_silent(window: &[i16]) -> bool {
+    window
+        .iter()
+        .all(|&s| s.unsigned_abs() < SILENT_PEAK as u16)
 }
 
 /// What the agent says when the caller has been silent a while.
