@@ -232,6 +232,8 @@ pub struct RtpStats {
     pub sent: u64,
     /// Agent packets we could not send (socket error).
     pub send_errors: u64,
+    /// The peer learned from the first packet (where we send).
+    pub peer: Option<SocketAddr>,
 }
 
 /// What one datagram was.
@@ -277,7 +279,10 @@ impl RtpReceiver {
 
     /// The counters.
     pub fn stats(&self) -> RtpStats {
-        self.stats
+        RtpStats {
+            peer: self.peer,
+            ..self.stats
+        }
     }
 
     /// Counts a packet sent (the sender side shares the counters).
