@@ -301,6 +301,33 @@ async fn sipp_cancels_while_ringing_and_gets_487() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_key_presses_become_one_digit_each() {
+    if !sipp_installed() {
+        skip("sipp_key_presses_become_one_digit_each");
+        return;
+    }
+    let mut engine = start_engine(42_300..=42_398, Duration::ZERO).await;
+    let output = run_sipp(&engine, "uac_dtmf.xml").await;
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let events = events_until_ended(&mut engine.events, Duration::from_secs(5)).await;
+    let digits: String = events
+        .iter()
+        .filter_map(|event| match event {
+            SipEvent::Dtmf { digit } => Some(*digit),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(digits, "4#", "{events:?}");
+    let Some(SipEvent::Ended { reason, rtp }) = events.last() else {
+        panic!("the call did not end: {events:?}");
+    };
+    assert_eq!(reason, &SipEnd::RemoteBye);
+    // Each pcap holds a whole event: start, updates, three end packets.
+    assert!(rtp.event_packets >= 6, "{rtp:?}");
+    assert_eq!(rtp.digits, 2, "{rtp:?}");
+}
+
 /// Sends `bytes` and returns the status line of each reply within `wait`.
 async fn exchange(
     socket: &tokio::net::UdpSocket,

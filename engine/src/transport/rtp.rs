@@ -253,9 +253,9 @@ pub struct RtpReceiver {
     audio_payload_type: u8,
     event_payload_type: Option<u8>,
     peer: Option<SocketAddr>,
-    /// The timestamp of the last event reported: its end packet is sent
-    /// three times (RFC 4733, section 2.5.1.4) and must count once.
-    last_event_timestamp: Option<u32>,
+    /// The timestamp and code of the last event reported: its end packet
+    /// is sent three times (RFC 4733, section 2.5.1.4) and must count once.
+    last_event: Option<(u32, u8)>,
     stats: RtpStats,
 }
 
@@ -267,7 +267,7 @@ impl RtpReceiver {
             audio_payload_type,
             event_payload_type,
             peer: None,
-            last_event_timestamp: None,
+            last_event: None,
             stats: RtpStats::default(),
         }
     }
@@ -334,10 +334,10 @@ impl RtpReceiver {
         }
         let end = flags & 0x80 != 0;
         // One event is one timestamp; its end is reported once.
-        if !end || self.last_event_timestamp == Some(packet.timestamp) {
+        if !end || self.last_event == Some((packet.timestamp, *event)) {
             return RtpReceived::Dropped;
         }
-        self.last_event_timestamp = Some(packet.timestamp);
+        self.last_event = Some((packet.timestamp, *event));
         match dtmf_digit(*event) {
             Some(digit) => {
                 self.stats.digits += 1;
