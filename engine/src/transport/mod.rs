@@ -13,6 +13,8 @@
 //! `<Connect><Stream>`), which Telnyx also speaks.
 
 pub mod media_stream;
+pub mod rtp;
+pub mod sip;
 
 use std::collections::HashMap;
 use std::sync::Arc;

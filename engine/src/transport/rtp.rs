@@ -1,0 +1,693 @@
+//! RTP (RFC 3550) for SIP calls: one UDP socket per call carrying G.711.
+//!
+//! The sans-IO pieces: [`parse_rtp`] reads a header (version 2, CSRCs,
+//! extension, padding); [`RtpReceiver`] learns the peer from the first valid
+//! packet (symmetric RTP, RFC 4961: the address a NATed phone sends from is
+//! where it receives) and then ignores other sources, turns RFC 4733
+//! `telephone-event` packets into digits (one per event, whatever the
+//! retransmissions of its end packet) and hands audio on; [`RtpSender`]
+//! numbers our packets with our own SSRC, sequence and timestamp.
+//!
+//! [`run_rtp`] drives one call: packets from the socket go to the
+//! [`MediaWorker`](crate::session::MediaWorker) through a [`WorkerHandle`];
+//! agent packets come back one per 20 ms tick and leave as they arrive, so
+//! the worker's tick paces the stream. Buffers are allocated once per call.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use thiserror::Error;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{CallOutput, WirePacket, WorkerHandle};
+use crate::clock::Instant;
+use crate::session::{CallKey, MediaEvent};
+
+/// Bytes of a fixed RTP header.
+pub const RTP_HEADER_LEN: usize = 12;
+/// The largest datagram read (anything longer is truncated and dropped).
+const DATAGRAM_MAX: usize = 1_500;
+/// Samples in one 20 ms G.711 packet.
+pub const SAMPLES_PER_PACKET: u32 = 160;
+
+/// A header that is not RTP we can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum RtpError {
+    /// Shorter than its header says.
+    #[error("datagram too short for its RTP header")]
+    TooShort,
+    /// Not version 2 (STUN, RTCP-mux junk, garbage).
+    #[error("RTP version {0}, expected 2")]
+    Version(u8),
+    /// The padding count is zero or runs past the payload.
+    #[error("bad RTP padding")]
+    Padding,
+    /// An RTCP packet on the RTP port (payload types 72-76 with the marker).
+    #[error("RTCP on the RTP port")]
+    Rtcp,
+}
+
+/// One parsed RTP packet, borrowing its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtpPacket<'a> {
+    /// The payload type.
+    pub payload_type: u8,
+    /// The marker bit (start of a talkspurt for audio).
+    pub marker: bool,
+    /// The sequence number.
+    pub sequence: u16,
+    /// The media timestamp.
+    pub timestamp: u32,
+    /// The sender's synchronization source.
+    pub ssrc: u32,
+    /// The payload, without CSRCs, extension or padding.
+    pub payload: &'a [u8],
+}
+
+/// Parses one RTP datagram.
+pub fn parse_rtp(datagram: &[u8]) -> Result<RtpPacket<'_>, RtpError> {
+    if datagram.len() < RTP_HEADER_LEN {
+        return Err(RtpError::TooShort);
+    }
+    let first = datagram[0];
+    let version = first >> 6;
+    if version != 2 {
+        return Err(RtpError::Version(version));
+    }
+    let padding = first & 0x20 != 0;
+    let extension = first & 0x10 != 0;
+    let csrc_count = usize::from(first & 0x0F);
+    let marker = datagram[1] & 0x80 != 0;
+    let payload_type = datagram[1] & 0x7F;
+    // RTCP SR/RR/SDES/BYE/APP (200-204) read as marker + type 72-76.
+    if (72..=76).contains(&payload_type) && marker {
+        return Err(RtpError::Rtcp);
+    }
+    let sequence = u16::from_be_bytes([datagram[2], datagram[3]]);
+    let timestamp = u32::from_be_bytes([datagram[4], datagram[5], datagram[6], datagram[7]]);
+    let ssrc = u32::from_be_bytes([datagram[8], datagram[9], datagram[10], datagram[11]]);
+    let mut start = RTP_HEADER_LEN + 4 * csrc_count;
+    if extension {
+        let header = datagram.get(start..start + 4).ok_or(RtpError::TooShort)?;
+        let words = usize::from(u16::from_be_bytes([header[2], header[3]]));
+        start += 4 + 4 * words;
+    }
+    let mut end = datagram.len();
+    if start > end {
+        return Err(RtpError::TooShort);
+    }
+    if padding {
+        let count = usize::from(datagram[end - 1]);
+        if count == 0 || count > end - start {
+            return Err(RtpError::Padding);
+        }
+        end -= count;
+    }
+    Ok(RtpPacket {
+        payload_type,
+        marker,
+        sequence,
+        timestamp,
+        ssrc,
+        payload: &datagram[start..end],
+    })
+}
+
+/// Numbers our outgoing packets: one SSRC, a sequence +1 per packet, a
+/// timestamp +160 per packet within a talkspurt and following the clock
+/// across the silences between them (RFC 3550, section 5.1).
+#[derive(Debug, Clone)]
+pub struct RtpSender {
+    ssrc: u32,
+    payload_type: u8,
+    sequence: u16,
+    first_timestamp: u32,
+    started: Option<Instant>,
+    last_timestamp: Option<u32>,
+    packets: u64,
+}
+
+impl RtpSender {
+    /// A sender with these (random, in production) starting values.
+    pub fn new(ssrc: u32, payload_type: u8, first_sequence: u16, first_timestamp: u32) -> Self {
+        RtpSender {
+            ssrc,
+            payload_type: payload_type & 0x7F,
+            sequence: first_sequence,
+            first_timestamp,
+            started: None,
+            last_timestamp: None,
+            packets: 0,
+        }
+    }
+
+    /// Our SSRC.
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
+    /// Packets written.
+    pub fn packets(&self) -> u64 {
+        self.packets
+    }
+
+    /// Writes the packet for `payload` sent at `now` into `out`; returns its
+    /// length, or `None` if `out` is too small.
+    pub fn write(
+        &mut self,
+        now: Instant,
+        marker: bool,
+        payload: &[u8],
+        out: &mut [u8],
+    ) -> Option<usize> {
+        let length = RTP_HEADER_LEN + payload.len();
+        if out.len() < length {
+            return None;
+        }
+        let started = *self.started.get_or_insert(now);
+        let timestamp = match self.last_timestamp {
+            // Within a talkspurt the audio is contiguous: exactly one frame on.
+            Some(last) if !marker => last.wrapping_add(SAMPLES_PER_PACKET),
+            Some(last) => {
+                // After a silence: where the clock says, rounded to a frame,
+                // and never behind the talkspurt before.
+                let elapsed = now.saturating_since(started);
+                let frames = (elapsed.as_micros() + 10_000) / 20_000;
+                let by_clock = self
+                    .first_timestamp
+                    .wrapping_add((frames as u32).wrapping_mul(SAMPLES_PER_PACKET));
+                let next = last.wrapping_add(SAMPLES_PER_PACKET);
+                // Serial-number comparison: is `by_clock` ahead of `next`?
+                if by_clock.wrapping_sub(next) < u32::MAX / 2 {
+                    by_clock
+                } else {
+                    next
+                }
+            }
+            None => self.first_timestamp,
+        };
+        out[0] = 0x80;
+        out[1] = (u8::from(marker) << 7) | self.payload_type;
+        out[2..4].copy_from_slice(&self.sequence.to_be_bytes());
+        out[4..8].copy_from_slice(&timestamp.to_be_bytes());
+        out[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
+        out[RTP_HEADER_LEN..length].copy_from_slice(payload);
+        self.sequence = self.sequence.wrapping_add(1);
+        self.last_timestamp = Some(timestamp);
+        self.packets += 1;
+        Some(length)
+    }
+}
+
+/// The digit of an RFC 4733 event code (0-15), if it is one.
+pub fn dtmf_digit(event: u8) -> Option<char> {
+    match event {
+        0..=9 => Some(char::from(b'0' + event)),
+        10 => Some('*'),
+        11 => Some('#'),
+        12..=15 => Some(char::from(b'A' + event - 12)),
+        _ => None,
+    }
+}
+
+/// Counters of one RTP session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RtpStats {
+    /// Audio packets handed to the worker.
+    pub audio_received: u64,
+    /// Datagrams whose header could not be used (dropped).
+    pub bad_headers: u64,
+    /// Valid packets from another address than the learned peer (dropped).
+    pub foreign_source: u64,
+    /// Packets of a payload type not negotiated (comfort noise, ...), dropped.
+    pub other_payload_type: u64,
+    /// telephone-event packets received (all of them, retransmissions too).
+    pub event_packets: u64,
+    /// DTMF digits reported.
+    pub digits: u64,
+    /// Packets we sent.
+    pub sent: u64,
+    /// Agent packets we could not send (socket error).
+    pub send_errors: u64,
+    /// The peer learned from the first packet (where we send).
+    pub peer: Option<SocketAddr>,
+}
+
+/// What one datagram was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RtpReceived<'a> {
+    /// Audio for the worker.
+    Audio(RtpPacket<'a>),
+    /// The caller pressed a key (reported once per event).
+    Digit(char),
+    /// Dropped (counted in [`RtpStats`]).
+    Dropped,
+}
+
+/// The receiving side of a call's RTP, sans-IO.
+#[derive(Debug, Clone)]
+pub struct RtpReceiver {
+    audio_payload_type: u8,
+    event_payload_type: Option<u8>,
+    peer: Option<SocketAddr>,
+    /// The timestamp and code of the last event reported: its end packet
+    /// is sent three times (RFC 4733, section 2.5.1.4) and must count once.
+    last_event: Option<(u32, u8)>,
+    stats: RtpStats,
+}
+
+impl RtpReceiver {
+    /// A receiver for audio of `audio_payload_type` and, when negotiated,
+    /// telephone events of `event_payload_type`.
+    pub fn new(audio_payload_type: u8, event_payload_type: Option<u8>) -> Self {
+        RtpReceiver {
+            audio_payload_type,
+            event_payload_type,
+            peer: None,
+            last_event: None,
+            stats: RtpStats::default(),
+        }
+    }
+
+    /// The peer learned from the first valid packet.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> RtpStats {
+        RtpStats {
+            peer: self.peer,
+            ..self.stats
+        }
+    }
+
+    /// Counts a packet sent (the sender side shares the counters).
+    pub fn count_sent(&mut self, ok: bool) {
+        if ok {
+            self.stats.sent += 1;
+        } else {
+            self.stats.send_errors += 1;
+        }
+    }
+
+    /// One datagram from `from`.
+    pub fn receive<'a>(&mut self, from: SocketAddr, datagram: &'a [u8]) -> RtpReceived<'a> {
+        let packet = match parse_rtp(datagram) {
+            Ok(packet) => packet,
+            Err(_) => {
+                self.stats.bad_headers += 1;
+                return RtpReceived::Dropped;
+            }
+        };
+        match self.peer {
+            None => self.peer = Some(from),
+            Some(peer) if peer != from => {
+                self.stats.foreign_source += 1;
+                return RtpReceived::Dropped;
+            }
+            Some(_) => {}
+        }
+        if Some(packet.payload_type) == self.event_payload_type {
+            self.stats.event_packets += 1;
+            return self.on_event(&packet);
+        }
+        if packet.payload_type != self.audio_payload_type {
+            self.stats.other_payload_type += 1;
+            return RtpReceived::Dropped;
+        }
+        self.stats.audio_received += 1;
+        RtpReceived::Audio(packet)
+    }
+
+    fn on_event(&mut self, packet: &RtpPacket<'_>) -> RtpReceived<'static> {
+        let [event, flags, ..] = packet.payload else {
+            self.stats.bad_headers += 1;
+            return RtpReceived::Dropped;
+        };
+        if packet.payload.len() < 4 {
+            self.stats.bad_headers += 1;
+            return RtpReceived::Dropped;
+        }
+        let end = flags & 0x80 != 0;
+        // One event is one timestamp; its end is reported once.
+        if !end || self.last_event == Some((packet.timestamp, *event)) {
+            return RtpReceived::Dropped;
+        }
+        self.last_event = Some((packet.timestamp, *event));
+        match dtmf_digit(*event) {
+            Some(digit) => {
+                self.stats.digits += 1;
+                RtpReceived::Digit(digit)
+            }
+            None => RtpReceived::Dropped,
+        }
+    }
+}
+
+/// A range of UDP ports for RTP; each call binds the next free even one.
+#[derive(Debug)]
+pub struct RtpPorts {
+    ip: IpAddr,
+    range: RangeInclusive<u16>,
+    next: AtomicU16,
+}
+
+impl RtpPorts {
+    /// Ports in `range` on `ip` (the address sockets bind to).
+    pub fn new(ip: IpAddr, range: RangeInclusive<u16>) -> Self {
+        let start = *range.start();
+        RtpPorts {
+            ip,
+            range,
+            next: AtomicU16::new(start),
+        }
+    }
+
+    /// Binds a socket on the next free even port of the range (odd ones are
+    /// RTCP's by convention), starting after the last one given out.
+    pub fn bind(&self) -> std::io::Result<std::net::UdpSocket> {
+        let (low, high) = (*self.range.start(), *self.range.end());
+        let first_even = low + (low % 2);
+        if first_even > high {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the RTP port range holds no even port",
+            ));
+        }
+        let count = (high - first_even) / 2 + 1;
+        let cursor = self.next.load(Ordering::Relaxed).clamp(first_even, high);
+        let offset = (cursor - first_even) / 2;
+        for step in 0..count {
+            let port = first_even + ((offset + step) % count) * 2;
+            if let Ok(socket) = std::net::UdpSocket::bind(SocketAddr::new(self.ip, port)) {
+                let next = if port.saturating_add(2) > high {
+                    first_even
+                } else {
+                    port + 2
+                };
+                self.next.store(next, Ordering::Relaxed);
+                socket.set_nonblocking(true)?;
+                return Ok(socket);
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "every RTP port of the range is in use",
+        ))
+    }
+}
+
+/// What a call's RTP reports while it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RtpEvent {
+    /// A media event of the call from the worker.
+    Media(MediaEvent),
+    /// A DTMF key from an RFC 4733 event.
+    Digit(char),
+}
+
+/// Why [`run_rtp`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RtpEnd {
+    /// `stop` was cancelled (the SIP side ended the call).
+    Stopped,
+    /// The worker reported a hangup (the turn machine or the agent ended it).
+    HungUp,
+    /// The worker dropped the call's channel.
+    WorkerGone,
+    /// The socket failed.
+    SocketFailed,
+}
+
+/// One call's RTP as [`run_rtp`] runs it.
+#[derive(Debug)]
+pub struct RtpCall {
+    /// The call's socket (from [`RtpPorts::bind`]).
+    pub socket: UdpSocket,
+    /// Where to send until the peer's first packet (the SDP offer's address).
+    pub remote: SocketAddr,
+    /// The call on the worker.
+    pub key: CallKey,
+    /// The call's agent packets and media events from the worker.
+    pub outputs: mpsc::Receiver<CallOutput>,
+    /// Numbers our packets.
+    pub sender: RtpSender,
+    /// Reads the caller's packets.
+    pub receiver: RtpReceiver,
+    /// A copy of each agent packet sent (call recording, tests); a full
+    /// channel drops copies, never delays the call.
+    pub tap: Option<mpsc::Sender<WirePacket>>,
+}
+
+/// Drives one call's RTP until `stop` is cancelled, the worker hangs up,
+/// or the worker or socket goes away. `on_event` gets the call's media
+/// events and digits; `epoch` is zero of the sender's clock. Returns why it
+/// ended and the counters.
+pub async fn run_rtp(
+    mut call: RtpCall,
+    worker: &WorkerHandle,
+    stop: &CancellationToken,
+    epoch: std::time::Instant,
+    on_event: &mut (dyn FnMut(RtpEvent) + Send),
+) -> (RtpEnd, RtpStats) {
+    let mut inbound = vec![0u8; DATAGRAM_MAX];
+    let mut outbound = vec![0u8; RTP_HEADER_LEN + super::PACKET_MAX];
+    let end = loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break RtpEnd::Stopped,
+            output = call.outputs.recv() => match output {
+                None => break RtpEnd::WorkerGone,
+                Some(CallOutput::Packet(packet)) => {
+                    let now = Instant::from_std(epoch, tokio::time::Instant::now().into_std());
+                    let Some(length) =
+                        call.sender.write(now, packet.marker, packet.payload(), &mut outbound)
+                    else {
+                        call.receiver.count_sent(false);
+                        continue;
+                    };
+                    let to = call.receiver.peer().unwrap_or(call.remote);
+                    let sent = call.socket.send_to(&outbound[..length], to).await.is_ok();
+                    call.receiver.count_sent(sent);
+                    if let Some(tap) = &call.tap {
+                        let _ = tap.try_send(packet);
+                    }
+                }
+                Some(CallOutput::Event(event)) => {
+                    let hangup = matches!(event, MediaEvent::Hangup { .. });
+                    on_event(RtpEvent::Media(event));
+                    if hangup {
+                        break RtpEnd::HungUp;
+                    }
+                }
+            },
+            received = call.socket.recv_from(&mut inbound) => match received {
+                Ok((length, from)) => match call.receiver.receive(from, &inbound[..length]) {
+                    RtpReceived::Audio(packet) => {
+                        if let Some(wire) = WirePacket::new(
+                            packet.sequence,
+                            packet.timestamp,
+                            packet.marker,
+                            packet.payload,
+                        ) {
+                            worker.push_packet(call.key, wire);
+                        }
+                    }
+                    RtpReceived::Digit(digit) => on_event(RtpEvent::Digit(digit)),
+                    RtpReceived::Dropped => {}
+                },
+                // ICMP port unreachable surfaces as an error on Linux: the
+                // peer is not listening yet; keep the call.
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Err(_) => break RtpEnd::SocketFailed,
+            },
+        }
+    };
+    (end, call.receiver.stats())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(pt: u8, marker: bool, seq: u16, ts: u32) -> Vec<u8> {
+        let mut packet = vec![0x80, (u8::from(marker) << 7) | pt];
+        packet.extend_from_slice(&seq.to_be_bytes());
+        packet.extend_from_slice(&ts.to_be_bytes());
+        packet.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+        packet
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 1], port))
+    }
+
+    #[test]
+    fn parses_csrcs_extension_and_padding() {
+        let mut packet = header(0, true, 7, 1600);
+        packet[0] |= 0x20 | 0x10 | 2; // padding, extension, 2 CSRCs
+        packet.extend_from_slice(&[0; 8]); // CSRCs
+        packet.extend_from_slice(&[0xBE, 0xDE, 0, 1, 1, 2, 3, 4]); // 1-word extension
+        packet.extend_from_slice(&[9; 160]);
+        packet.extend_from_slice(&[0, 0, 3]); // 3 bytes of padding
+        let parsed = parse_rtp(&packet).expect("valid");
+        assert_eq!(parsed.payload, &[9; 160][..]);
+        assert_eq!((parsed.sequence, parsed.timestamp), (7, 1600));
+        assert!(parsed.marker);
+        assert_eq!(parsed.ssrc, 0x1234_5678);
+    }
+
+    #[test]
+    fn bad_headers_are_errors_never_panics() {
+        assert_eq!(parse_rtp(&[0x80; 5]), Err(RtpError::TooShort));
+        let mut v1 = header(0, false, 1, 1);
+        v1[0] = 0x40;
+        assert_eq!(parse_rtp(&v1), Err(RtpError::Version(1)));
+        let mut csrcs = header(0, false, 1, 1);
+        csrcs[0] |= 15;
+        assert_eq!(parse_rtp(&csrcs), Err(RtpError::TooShort));
+        let mut extension = header(0, false, 1, 1);
+        extension[0] |= 0x10;
+        extension.extend_from_slice(&[0, 0, 0xFF, 0xFF]);
+        assert_eq!(parse_rtp(&extension), Err(RtpError::TooShort));
+        let mut padding = header(0, false, 1, 1);
+        padding[0] |= 0x20;
+        padding.extend_from_slice(&[1, 2, 200]);
+        assert_eq!(parse_rtp(&padding), Err(RtpError::Padding));
+        let rtcp = [0x80, 200, 0, 6, 0, 0, 0, 1, 0, 0, 0, 0];
+        assert_eq!(parse_rtp(&rtcp), Err(RtpError::Rtcp));
+        // Every truncation and every first byte of a valid packet.
+        let mut valid = header(8, false, 1, 1);
+        valid.extend_from_slice(&[1; 160]);
+        for end in 0..valid.len() {
+            let _ = parse_rtp(&valid[..end]);
+        }
+        for first in 0..=255u8 {
+            valid[0] = first;
+            let _ = parse_rtp(&valid);
+        }
+    }
+
+    #[test]
+    fn the_first_source_is_the_peer_and_others_are_dropped() {
+        let mut receiver = RtpReceiver::new(0, Some(101));
+        let mut audio = header(0, true, 1, 0);
+        audio.extend_from_slice(&[0xFF; 160]);
+        assert!(matches!(
+            receiver.receive(addr(4000), &audio),
+            RtpReceived::Audio(_)
+        ));
+        assert_eq!(receiver.peer(), Some(addr(4000)));
+        assert_eq!(receiver.receive(addr(4002), &audio), RtpReceived::Dropped);
+        assert_eq!(
+            receiver.receive(addr(4000), &[1, 2, 3]),
+            RtpReceived::Dropped
+        );
+        let mut comfort_noise = header(13, false, 2, 160);
+        comfort_noise.push(40);
+        assert_eq!(
+            receiver.receive(addr(4000), &comfort_noise),
+            RtpReceived::Dropped
+        );
+        let stats = receiver.stats();
+        assert_eq!(stats.audio_received, 1);
+        assert_eq!(stats.foreign_source, 1);
+        assert_eq!(stats.bad_headers, 1);
+        assert_eq!(stats.other_payload_type, 1);
+    }
+
+    #[test]
+    fn a_telephone_event_is_one_digit_despite_retransmitted_ends() {
+        let mut receiver = RtpReceiver::new(0, Some(101));
+        let event = |ts: u32, code: u8, end: bool, duration: u16| {
+            let mut packet = header(101, false, 0, ts);
+            packet.extend_from_slice(&[code, if end { 0x80 | 10 } else { 10 }]);
+            packet.extend_from_slice(&duration.to_be_bytes());
+            packet
+        };
+        let mut digits = Vec::new();
+        for (ts, code) in [(8000u32, 5u8), (16000, 11)] {
+            for duration in [160u16, 320, 480] {
+                if let RtpReceived::Digit(d) =
+                    receiver.receive(addr(1), &event(ts, code, false, duration))
+                {
+                    digits.push(d);
+                }
+            }
+            for _ in 0..3 {
+                if let RtpReceived::Digit(d) =
+                    receiver.receive(addr(1), &event(ts, code, true, 640))
+                {
+                    digits.push(d);
+                }
+            }
+        }
+        assert_eq!(digits, vec!['5', '#']);
+        assert_eq!(receiver.stats().event_packets, 12);
+        assert_eq!(receiver.stats().digits, 2);
+        // A short event payload is a bad packet, not a panic.
+        let mut short = header(101, false, 0, 1);
+        short.push(1);
+        assert_eq!(receiver.receive(addr(1), &short), RtpReceived::Dropped);
+    }
+
+    #[test]
+    fn the_sender_numbers_talkspurts_by_the_clock() {
+        let mut sender = RtpSender::new(0xCAFE, 0, 65_534, 1_000);
+        let mut out = [0u8; 200];
+        let mut sent = Vec::new();
+        let mut send = |sender: &mut RtpSender, ms: u64, marker: bool| {
+            let length = sender
+                .write(Instant::from_millis(ms), marker, &[0x55; 160], &mut out)
+                .expect("room");
+            let packet = parse_rtp(&out[..length]).expect("our packet parses");
+            assert_eq!(packet.ssrc, 0xCAFE);
+            assert_eq!(packet.payload, &[0x55; 160][..]);
+            sent.push((packet.sequence, packet.timestamp, packet.marker));
+        };
+        send(&mut sender, 0, true);
+        send(&mut sender, 21, false);
+        send(&mut sender, 39, false);
+        // 1 s of silence, then a talkspurt at 1000 ms: timestamp by the clock.
+        send(&mut sender, 1_001, true);
+        send(&mut sender, 1_020, false);
+        assert_eq!(
+            sent,
+            vec![
+                (65_534, 1_000, true),
+                (65_535, 1_160, false),
+                (0, 1_320, false),
+                (1, 1_000 + 50 * 160, true),
+                (2, 1_000 + 51 * 160, false),
+            ]
+        );
+        assert!(
+            sender
+                .write(Instant::ZERO, false, &[0; 160], &mut [0u8; 100])
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn ports_are_even_and_taken_in_turn() {
+        let ports = RtpPorts::new(IpAddr::from([127, 0, 0, 1]), 41_001..=41_011);
+        let a = ports.bind().expect("a port");
+        let b = ports.bind().expect("another port");
+        let (pa, pb) = (
+            a.local_addr().expect("addr").port(),
+            b.local_addr().expect("addr").port(),
+        );
+        assert_eq!(pa % 2, 0);
+        assert_eq!(pb % 2, 0);
+        assert_ne!(pa, pb);
+        assert!(
+            RtpPorts::new(IpAddr::from([127, 0, 0, 1]), 41_021..=41_021)
+                .bind()
+                .is_err()
+        );
+    }
+}

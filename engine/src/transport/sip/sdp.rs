@@ -1,0 +1,434 @@
+//! SDP offer/answer (RFC 3264) for one audio stream, sans-IO.
+//!
+//! The engine speaks G.711 only on SIP: [`negotiate`] picks PCMU (0) or
+//! PCMA (8), in the offerer's order of preference, plus RFC 4733
+//! `telephone-event` if offered, at 20 ms packets; [`Answer::to_sdp`] writes
+//! the answer with our RTP address. Parsing is lenient about what it does not
+//! need and never panics on garbage.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+use callingbox_codecs::G711Law;
+use thiserror::Error;
+
+/// Why an offer cannot be answered.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SdpError {
+    /// The body is not SDP (no `v=0`, or a line that is not `x=...`).
+    #[error("not an SDP body: {0}")]
+    Malformed(&'static str),
+    /// No `m=audio` line with a non-zero port.
+    #[error("the offer has no active audio stream")]
+    NoAudio,
+    /// The audio stream has no address (`c=` line) we can send to.
+    #[error("the offer has no usable connection address")]
+    NoConnection,
+    /// Neither PCMU nor PCMA is offered (answered with 488).
+    #[error("no common codec: the offer has neither PCMU nor PCMA")]
+    NoCommonCodec,
+}
+
+/// A G.711 codec negotiated for the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AudioCodec {
+    /// The RTP payload type both sides use for it.
+    pub payload_type: u8,
+    /// mu-law (PCMU) or A-law (PCMA).
+    pub law: G711Law,
+}
+
+impl AudioCodec {
+    /// The SDP encoding name.
+    pub fn name(self) -> &'static str {
+        match self.law {
+            G711Law::MuLaw => "PCMU",
+            G711Law::ALaw => "PCMA",
+        }
+    }
+}
+
+/// Which way media flows (RFC 3264, section 6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Both ways (the default).
+    SendRecv,
+    /// The offerer only sends.
+    SendOnly,
+    /// The offerer only receives.
+    RecvOnly,
+    /// No media (hold).
+    Inactive,
+}
+
+impl Direction {
+    /// The direction the answerer states for an offered one.
+    fn answer(self) -> Direction {
+        match self {
+            Direction::SendRecv => Direction::SendRecv,
+            Direction::SendOnly => Direction::RecvOnly,
+            Direction::RecvOnly => Direction::SendOnly,
+            Direction::Inactive => Direction::Inactive,
+        }
+    }
+
+    fn attribute(self) -> &'static str {
+        match self {
+            Direction::SendRecv => "sendrecv",
+            Direction::SendOnly => "sendonly",
+            Direction::RecvOnly => "recvonly",
+            Direction::Inactive => "inactive",
+        }
+    }
+}
+
+/// What was agreed with the offerer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negotiated {
+    /// Where the offerer receives RTP.
+    pub remote_rtp: SocketAddr,
+    /// The audio codec.
+    pub codec: AudioCodec,
+    /// The `telephone-event/8000` payload type, if offered.
+    pub telephone_event: Option<u8>,
+    /// Packet duration in ms (always 20: G.711 frames of the engine).
+    pub ptime: u32,
+    /// The direction we answer with.
+    pub direction: Direction,
+}
+
+/// Our answer to an offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// What was agreed.
+    pub negotiated: Negotiated,
+    /// Where we receive RTP.
+    pub local_rtp: SocketAddr,
+    /// The `o=` session id (and version).
+    pub session_id: u64,
+}
+
+impl Answer {
+    /// The answer's SDP text (CRLF lines).
+    pub fn to_sdp(&self) -> String {
+        let ip = self.local_rtp.ip();
+        let family = match ip {
+            IpAddr::V4(_) => "IP4",
+            IpAddr::V6(_) => "IP6",
+        };
+        let codec = self.negotiated.codec;
+        let mut sdp = String::with_capacity(320);
+        // Writing to a String cannot fail.
+        let _ = write!(
+            sdp,
+            "v=0\r\no=callingbox {id} {id} IN {family} {ip}\r\ns=CallingBox\r\n\
+             c=IN {family} {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP {pt}",
+            id = self.session_id,
+            port = self.local_rtp.port(),
+            pt = codec.payload_type,
+        );
+        if let Some(event) = self.negotiated.telephone_event {
+            let _ = write!(sdp, " {event}");
+        }
+        let _ = write!(
+            sdp,
+            "\r\na=rtpmap:{} {}/8000\r\n",
+            codec.payload_type,
+            codec.name()
+        );
+        if let Some(event) = self.negotiated.telephone_event {
+            let _ = write!(
+                sdp,
+                "a=rtpmap:{event} telephone-event/8000\r\na=fmtp:{event} 0-15\r\n"
+            );
+        }
+        let _ = write!(
+            sdp,
+            "a=ptime:{}\r\na={}\r\n",
+            self.negotiated.ptime,
+            self.negotiated.direction.attribute()
+        );
+        sdp
+    }
+}
+
+/// One `m=` section as parsed.
+#[derive(Debug, Default)]
+struct MediaSection<'a> {
+    kind: &'a str,
+    port: u16,
+    formats: Vec<u8>,
+    connection: Option<IpAddr>,
+    rtpmaps: Vec<(u8, &'a str)>,
+    direction: Option<Direction>,
+}
+
+/// Negotiates an offer: the first active `m=audio` stream, the first of
+/// PCMU/PCMA in the offerer's order, and `telephone-event` if offered.
+pub fn negotiate(offer: &str) -> Result<Negotiated, SdpError> {
+    let mut session_connection: Option<IpAddr> = None;
+    let mut session_direction: Option<Direction> = None;
+    let mut sections: Vec<MediaSection<'_>> = Vec::new();
+    let mut saw_version = false;
+    for raw in offer.lines() {
+        let line = raw.trim_end_matches('\r');
+        if line.is_empty() {
+            continue;
+        }
+        let bytes = line.as_bytes();
+        if bytes.len() < 2 || bytes[1] != b'=' || !bytes[0].is_ascii_lowercase() {
+            return Err(SdpError::Malformed("a line is not `x=value`"));
+        }
+        let value = &line[2..];
+        match bytes[0] {
+            b'v' => {
+                if value.trim() != "0" {
+                    return Err(SdpError::Malformed("version is not 0"));
+                }
+                saw_version = true;
+            }
+            b'c' => {
+                let address = parse_connection(value);
+                match sections.last_mut() {
+                    Some(section) => section.connection = address,
+                    None => session_connection = address,
+                }
+            }
+            b'm' => sections.push(parse_media(value)),
+            b'a' => {
+                let direction = match value {
+                    "sendrecv" => Some(Direction::SendRecv),
+                    "sendonly" => Some(Direction::SendOnly),
+                    "recvonly" => Some(Direction::RecvOnly),
+                    "inactive" => Some(Direction::Inactive),
+                    _ => None,
+                };
+                match (sections.last_mut(), direction) {
+                    (Some(section), Some(direction)) => section.direction = Some(direction),
+                    (None, Some(direction)) => session_direction = Some(direction),
+                    (Some(section), None) => {
+                        if let Some(map) = value.strip_prefix("rtpmap:")
+                            && let Some((pt, encoding)) = map.split_once(' ')
+                            && let Ok(pt) = pt.trim().parse::<u8>()
+                        {
+                            section.rtpmaps.push((pt, encoding.trim()));
+                        }
+                    }
+                    (None, None) => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    if !saw_version {
+        return Err(SdpError::Malformed("no `v=0` line"));
+    }
+    let audio = sections
+        .iter()
+        .find(|section| section.kind == "audio" && section.port != 0)
+        .ok_or(SdpError::NoAudio)?;
+    let ip = audio
+        .connection
+        .or(session_connection)
+        .ok_or(SdpError::NoConnection)?;
+    let encoding_of = |pt: u8| -> Option<&str> {
+        audio
+            .rtpmaps
+            .iter()
+            .find(|(mapped, _)| *mapped == pt)
+            .map(|(_, encoding)| *encoding)
+    };
+    let codec = audio
+        .formats
+        .iter()
+        .find_map(|&pt| {
+            let law = match encoding_of(pt) {
+                Some(encoding) => {
+                    let name = encoding.split('/').next().unwrap_or_default();
+                    let rate = encoding.split('/').nth(1).unwrap_or("8000");
+                    match (name.to_ascii_uppercase().as_str(), rate) {
+                        ("PCMU", "8000") => Some(G711Law::MuLaw),
+                        ("PCMA", "8000") => Some(G711Law::ALaw),
+                        _ => None,
+                    }
+                }
+                // Static payload types need no rtpmap (RFC 3551).
+                None => match pt {
+                    0 => Some(G711Law::MuLaw),
+                    8 => Some(G711Law::ALaw),
+                    _ => None,
+                },
+            }?;
+            Some(AudioCodec {
+                payload_type: pt,
+                law,
+            })
+        })
+        .ok_or(SdpError::NoCommonCodec)?;
+    let telephone_event = audio.formats.iter().copied().find(|&pt| {
+        encoding_of(pt).is_some_and(|encoding| {
+            encoding.eq_ignore_ascii_case("telephone-event/8000")
+                || encoding.eq_ignore_ascii_case("telephone-event/8000/1")
+        })
+    });
+    let direction = audio
+        .direction
+        .or(session_direction)
+        .unwrap_or(Direction::SendRecv)
+        .answer();
+    Ok(Negotiated {
+        remote_rtp: SocketAddr::new(ip, audio.port),
+        codec,
+        telephone_event,
+        ptime: 20,
+        direction,
+    })
+}
+
+/// `IN IP4 192.0.2.1` (a multicast `/ttl` suffix is cut off).
+fn parse_connection(value: &str) -> Option<IpAddr> {
+    let mut parts = value.split_whitespace();
+    let (net, _family, address) = (parts.next()?, parts.next()?, parts.next()?);
+    if net != "IN" {
+        return None;
+    }
+    address.split('/').next()?.parse().ok()
+}
+
+/// `audio 49170 RTP/AVP 0 8 101`; unknown shapes become an inactive section.
+fn parse_media(value: &str) -> MediaSection<'_> {
+    let mut parts = value.split_whitespace();
+    let kind = parts.next().unwrap_or_default();
+    // `49170/2` (port count) keeps its first port.
+    let port = parts
+        .next()
+        .and_then(|port| port.split('/').next())
+        .and_then(|port| port.parse::<u16>().ok())
+        .unwrap_or(0);
+    let protocol = parts.next().unwrap_or_default();
+    let formats = parts.filter_map(|pt| pt.parse::<u8>().ok()).collect();
+    // Only plain RTP/AVP (or AVPF) audio is ours; SRTP needs keys we do not do.
+    let port = if protocol == "RTP/AVP" || protocol == "RTP/AVPF" {
+        port
+    } else {
+        0
+    };
+    MediaSection {
+        kind,
+        port,
+        formats,
+        ..MediaSection::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\no=user1 53655765 2353687637 IN IP4 127.0.0.1\r\ns=-\r\n\
+        c=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 6000 RTP/AVP 8 0 101\r\n\
+        a=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\n\
+        a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\n";
+
+    #[test]
+    fn picks_the_offerers_first_g711_and_telephone_event() {
+        let negotiated = negotiate(OFFER).expect("answerable");
+        assert_eq!(
+            negotiated.remote_rtp,
+            "192.0.2.10:6000".parse().expect("addr")
+        );
+        assert_eq!(negotiated.codec.law, G711Law::ALaw);
+        assert_eq!(negotiated.codec.payload_type, 8);
+        assert_eq!(negotiated.telephone_event, Some(101));
+        assert_eq!(negotiated.ptime, 20);
+        assert_eq!(negotiated.direction, Direction::SendRecv);
+    }
+
+    #[test]
+    fn pcmu_without_rtpmap_and_media_level_connection_wins() {
+        let offer = "v=0\no=- 1 1 IN IP4 10.0.0.1\ns=-\nc=IN IP4 10.0.0.1\nt=0 0\n\
+            m=video 5000 RTP/AVP 96\nm=audio 7000 RTP/AVP 18 0\nc=IN IP4 10.0.0.2\na=sendonly\n";
+        let negotiated = negotiate(offer).expect("answerable");
+        assert_eq!(
+            negotiated.remote_rtp,
+            "10.0.0.2:7000".parse().expect("addr")
+        );
+        assert_eq!(negotiated.codec.law, G711Law::MuLaw);
+        assert_eq!(negotiated.telephone_event, None);
+        assert_eq!(negotiated.direction, Direction::RecvOnly);
+    }
+
+    #[test]
+    fn the_answer_names_our_address_and_the_chosen_codec() {
+        let negotiated = negotiate(OFFER).expect("answerable");
+        let answer = Answer {
+            negotiated,
+            local_rtp: "192.0.2.99:40002".parse().expect("addr"),
+            session_id: 7,
+        };
+        let sdp = answer.to_sdp();
+        assert!(sdp.contains("c=IN IP4 192.0.2.99\r\n"), "{sdp}");
+        assert!(sdp.contains("m=audio 40002 RTP/AVP 8 101\r\n"), "{sdp}");
+        assert!(sdp.contains("a=rtpmap:8 PCMA/8000\r\n"), "{sdp}");
+        assert!(
+            sdp.contains("a=rtpmap:101 telephone-event/8000\r\n"),
+            "{sdp}"
+        );
+        assert!(sdp.contains("a=ptime:20\r\n"), "{sdp}");
+        // The answer is itself answerable SDP with the same stream.
+        let reparsed = negotiate(&sdp).expect("our answer parses");
+        assert_eq!(reparsed.codec, negotiated.codec);
+        assert_eq!(reparsed.remote_rtp.port(), 40002);
+    }
+
+    #[test]
+    fn no_common_codec_is_refused() {
+        let offer = "v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\n\
+            m=audio 4000 RTP/AVP 9 96\r\na=rtpmap:96 opus/48000/2\r\n";
+        assert_eq!(negotiate(offer), Err(SdpError::NoCommonCodec));
+        // A dynamic type named PCMU at another rate is not G.711.
+        let offer = offer.replace("opus/48000/2", "PCMU/16000");
+        assert_eq!(negotiate(&offer), Err(SdpError::NoCommonCodec));
+    }
+
+    #[test]
+    fn missing_pieces_are_typed_errors() {
+        assert_eq!(
+            negotiate("v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 0 RTP/AVP 0\r\n"),
+            Err(SdpError::NoAudio)
+        );
+        assert_eq!(
+            negotiate("v=0\r\nm=audio 4000 RTP/AVP 0\r\n"),
+            Err(SdpError::NoConnection)
+        );
+        assert_eq!(
+            negotiate("v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 4000 RTP/SAVP 0\r\n"),
+            Err(SdpError::NoAudio)
+        );
+        assert!(matches!(negotiate(""), Err(SdpError::Malformed(_))));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let samples = [
+            "\u{0}\u{1}\u{2}",
+            "v=0\r\nm=\r\nc=\r\na=rtpmap:\r\na=rtpmap:999 x\r\n",
+            "v=0\r\nc=IN IP4 999.1.1.1\r\nm=audio 70000 RTP/AVP 0\r\n",
+            "v=0\r\nc=IN\r\nm=audio x RTP/AVP 0\r\n",
+            "v=0\r\nm=audio 4000/2 RTP/AVP 300 -1 0\r\nc=IN IP6 ::1\r\n",
+            "héllo=wörld",
+            "=",
+            "v",
+        ];
+        for sample in samples {
+            let _ = negotiate(sample);
+        }
+        // Every prefix of a valid offer is either answerable or an error.
+        for end in 0..OFFER.len() {
+            let _ = negotiate(&OFFER[..end]);
+        }
+        let ipv6 = negotiate("v=0\r\nm=audio 4000/2 RTP/AVP 300 -1 0\r\nc=IN IP6 ::1\r\n")
+            .expect("ipv6 offer");
+        assert_eq!(ipv6.remote_rtp, "[::1]:4000".parse().expect("addr"));
+    }
+}
