@@ -102,10 +102,6 @@ struct Slot {
     interrupted_up_to: Option<u64>,
     /// Whether the agent was running a tool at the last tick.
     tool_running: bool,
-    /// This tick's VAD window was digital silence (not sent to the model).
-    window_silent: bool,
-    /// Windows were skipped since the model last ran for this call.
-    vad_skipped: bool,
     asr_dropped: u64,
 }
 
@@ -173,8 +169,6 @@ impl MediaWorker {
             current_reply: None,
             interrupted_up_to: None,
             tool_running: false,
-            window_silent: false,
-            vad_skipped: false,
             asr_dropped: 0,
         };
         let index = match self.slots.iter().position(Option::is_none) {
@@ -245,24 +239,10 @@ impl MediaWorker {
                 slot.asr_dropped += 1;
             }
             slot.window_end = None;
-            slot.window_silent = false;
-            if let Some((samples, end)) = window {
-                // Digital silence needs no model: it scores as silence, and a
-                // call that is listening (most of a call) costs no inference.
-                if is_silent(samples) {
-                    slot.window_end = Some(end);
-                    slot.window_silent = true;
-                    slot.vad_skipped = true;
-                } else {
-                    // The model's recurrent state did not hear the silence:
-                    // start it fresh, as after silence, not where speech left it.
-                    if std::mem::take(&mut slot.vad_skipped) {
-                        let _ = self.vad.reset(slot.vad);
-                    }
-                    if self.vad.submit(slot.vad, samples).is_ok() {
-                        slot.window_end = Some(end);
-                    }
-                }
+            if let Some((samples, end)) = window
+                && self.vad.submit(slot.vad, samples).is_ok()
+            {
+                slot.window_end = Some(end);
             }
             if let Some(packet) = slot.media.next_packet(call_now) {
                 sink.send(key, call_now, &packet);
@@ -299,12 +279,7 @@ impl MediaWorker {
             let key = CallKey::new(index, self.generations[index]);
             let call_now = Instant::from_std(slot.epoch, now);
             if let Some(window_end) = slot.window_end {
-                let probability = if slot.window_silent {
-                    Some(0.0)
-                } else {
-                    self.vad.probability(slot.vad).ok().filter(|_| scored)
-                };
-                match probability {
+                match self.vad.probability(slot.vad).ok().filter(|_| scored) {
                     Some(probability) => slot.media.on_vad(call_now, window_end, probability),
                     None => slot.media.on_vad_missing(call_now, window_end),
                 }
@@ -404,16 +379,6 @@ impl Slot {
             self.current_reply = Some(frame.reply);
         }
     }
-}
-
-/// Below this peak (about -54 dBFS) a VAD window is digital silence or the
-/// quietest line hiss, and is scored 0 without running the model.
-const SILENT_PEAK: i16 = 64;
-
-fn is_silent(window: &[i16]) -> bool {
-    window
-        .iter()
-        .all(|&s| s.unsigned_abs() < SILENT_PEAK as u16)
 }
 
 /// What the agent says when the caller has been silent a while.
