@@ -93,15 +93,33 @@ fn word_error_rate(reference: &str, hypothesis: &str) -> f64 {
     previous[hypothesis.len()] as f64 / reference.len().max(1) as f64
 }
 
-/// Waits for finals until none comes for `idle`; returns them with when each came.
-async fn finals_until_idle(session: &mut AsrSession, idle: Duration) -> Vec<(String, Instant)> {
+/// Pushes `frames` in real-time order and pace (one 20 ms frame every 20
+/// ms), then waits for finals until none comes for `idle`. Returns the
+/// finals with when each arrived (read as they come, within a frame), and
+/// when pushing started.
+async fn push_in_real_time(
+    session: &mut AsrSession,
+    frames: Vec<PcmFrame>,
+    idle: Duration,
+) -> (Vec<(String, Instant)>, Instant) {
     let mut finals = Vec::new();
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    for frame in frames {
+        ticker.tick().await;
+        session.push_frame(frame).expect("queue has room");
+        while let Some(event) = session.try_next_event() {
+            if let AsrEvent::Final { text } = event {
+                finals.push((text, Instant::now()));
+            }
+        }
+    }
     while let Ok(Some(event)) = tokio::time::timeout(idle, session.next_event()).await {
         if let AsrEvent::Final { text } = event {
             finals.push((text, Instant::now()));
         }
     }
-    finals
+    (finals, started)
 }
 
 /// A fixture at 16 kHz: as recorded, or its 8 kHz mu-law copy decoded and
@@ -165,14 +183,8 @@ async fn whisper_transcribes_speech_fixtures_through_the_asr_interface() {
         for fixture in &FIXTURES {
             let mut session = asr.open(CancellationToken::new()).expect("session");
             let frames = fixture_frames(fixture.id, narrowband);
-            // Real-time order and pace: one 20 ms frame every 20 ms.
-            let started = Instant::now();
-            let mut ticker = tokio::time::interval(Duration::from_millis(20));
-            for frame in frames {
-                ticker.tick().await;
-                session.push_frame(frame).expect("queue has room");
-            }
-            let finals = finals_until_idle(&mut session, Duration::from_secs(3)).await;
+            let (finals, started) =
+                push_in_real_time(&mut session, frames, Duration::from_secs(3)).await;
             let transcript: Vec<&str> = finals.iter().map(|(t, _)| t.as_str()).collect();
             let transcript = transcript.join(" ");
             let wer = word_error_rate(fixture.text, &transcript);
@@ -297,8 +309,14 @@ async fn piper_speech_round_trips_through_whisper() {
             .push_frame(silence(end.saturating_add(Duration::from_millis(20 * i))))
             .expect("queue has room");
     }
-    let finals = finals_until_idle(&mut session, Duration::from_secs(5)).await;
-    let transcript: Vec<String> = finals.into_iter().map(|(t, _)| t).collect();
+    let mut transcript = Vec::new();
+    while let Ok(Some(event)) =
+        tokio::time::timeout(Duration::from_secs(5), session.next_event()).await
+    {
+        if let AsrEvent::Final { text } = event {
+            transcript.push(text);
+        }
+    }
     let heard = normalize(&transcript.join(" "));
     println!("round trip heard: {heard:?}");
     for word in normalize(clauses[1]) {
@@ -425,13 +443,9 @@ async fn measure_whisper_on_every_fixture() {
                 continue; // the non-speech clips
             };
             let mut session = asr.open(CancellationToken::new()).expect("session");
-            let started = Instant::now();
-            let mut ticker = tokio::time::interval(Duration::from_millis(20));
-            for frame in fixture_frames(id, narrowband) {
-                ticker.tick().await;
-                session.push_frame(frame).expect("queue has room");
-            }
-            let finals = finals_until_idle(&mut session, Duration::from_secs(2)).await;
+            let frames = fixture_frames(id, narrowband);
+            let (finals, started) =
+                push_in_real_time(&mut session, frames, Duration::from_secs(2)).await;
             let speech_end = started + Duration::from_millis(end_ms);
             let time_to_final = finals
                 .last()
