@@ -13,15 +13,14 @@
 //! message, and consecutive messages of one role are merged into one (the
 //! API wants user and assistant turns to alternate).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde_json::{Value, json};
 
-use super::openai_chat::{SseBody, error_text, http_client};
+use super::http::{self, Outputs, ReplyFormat, SseEvent, error_text, http_client};
 use super::{ChatMessage, LlmEvent, LlmProvider, LlmRequest, ProviderError, ToolCallRequest};
 
 /// How Anthropic's API is reached, and the model to ask.
@@ -257,30 +256,13 @@ impl LlmProvider for AnthropicChat {
             .header("anthropic-version", AnthropicConfig::API_VERSION)
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .json(&self.request_body(&request));
-        let state = MessageStream {
-            opening: Some(http),
-            body: None,
-            first_byte_timeout: self.config.first_byte_timeout,
-            idle_timeout: self.config.idle_timeout,
-            tool_blocks: BTreeMap::new(),
-            pending: VecDeque::new(),
-            finished: false,
-        };
-        futures::stream::unfold(state, |mut state| async move {
-            loop {
-                if let Some(item) = state.pending.pop_front() {
-                    return Some((item, state));
-                }
-                if state.finished {
-                    return None;
-                }
-                if let Err(error) = state.advance().await {
-                    state.finished = true;
-                    return Some((Err(error), state));
-                }
-            }
-        })
-        .boxed()
+        http::llm_stream(
+            http,
+            self.config.first_byte_timeout,
+            self.config.idle_timeout,
+            VENDOR,
+            MessageFormat::default(),
+        )
     }
 }
 
@@ -297,33 +279,16 @@ struct ToolBlock {
     partial_json: String,
 }
 
-/// The state of one streamed message.
-struct MessageStream {
-    opening: Option<reqwest::RequestBuilder>,
-    body: Option<SseBody>,
-    first_byte_timeout: Duration,
-    idle_timeout: Duration,
+/// How a streamed message reads: named events, text blocks spoken as they
+/// come, `tool_use` blocks assembled and reported at their block's stop.
+#[derive(Debug, Default)]
+struct MessageFormat {
     /// Open `tool_use` blocks by their content-block index.
     tool_blocks: BTreeMap<u64, ToolBlock>,
-    pending: VecDeque<Result<LlmEvent, ProviderError>>,
-    finished: bool,
 }
 
-impl MessageStream {
-    /// Reads one event from the wire and queues what it means.
-    async fn advance(&mut self) -> Result<(), ProviderError> {
-        let body = match (&mut self.body, self.opening.take()) {
-            (Some(body), _) => body,
-            (None, Some(request)) => self.body.insert(
-                SseBody::open(request, self.first_byte_timeout, self.idle_timeout, VENDOR).await?,
-            ),
-            (None, None) => return Err(ProviderError::Closed),
-        };
-        let Some(event) = body.next_event().await? else {
-            return Err(ProviderError::Unavailable(format!(
-                "{VENDOR}: the stream ended before message_stop"
-            )));
-        };
+impl ReplyFormat for MessageFormat {
+    fn on_event(&mut self, event: SseEvent, out: &mut Outputs) -> Result<bool, ProviderError> {
         let data: Value = serde_json::from_str(&event.data).map_err(|e| {
             ProviderError::BadResponse(format!(
                 "{VENDOR}: an event is not JSON ({e}): {}",
@@ -360,7 +325,7 @@ impl MessageStream {
                 } else if let Some(text) = block["text"].as_str()
                     && !text.is_empty()
                 {
-                    self.pending.push_back(Ok(LlmEvent::Token(text.to_owned())));
+                    out.push_back(Ok(LlmEvent::Token(text.to_owned())));
                 }
             }
             "content_block_delta" => {
@@ -370,7 +335,7 @@ impl MessageStream {
                         if let Some(text) = delta["text"].as_str()
                             && !text.is_empty()
                         {
-                            self.pending.push_back(Ok(LlmEvent::Token(text.to_owned())));
+                            out.push_back(Ok(LlmEvent::Token(text.to_owned())));
                         }
                     }
                     Some("input_json_delta") => {
@@ -398,17 +363,16 @@ impl MessageStream {
                     } else {
                         "{}".to_owned()
                     };
-                    self.pending
-                        .push_back(Ok(LlmEvent::ToolCall(ToolCallRequest {
-                            id: block.id,
-                            name: block.name,
-                            arguments_json,
-                        })));
+                    out.push_back(Ok(LlmEvent::ToolCall(ToolCallRequest {
+                        id: block.id,
+                        name: block.name,
+                        arguments_json,
+                    })));
                 }
             }
             "message_stop" => {
-                self.pending.push_back(Ok(LlmEvent::Done));
-                self.finished = true;
+                out.push_back(Ok(LlmEvent::Done));
+                return Ok(true);
             }
             "error" => {
                 let error = &data["error"];
@@ -424,7 +388,13 @@ impl MessageStream {
             // message_start, message_delta, ping, and event types added later.
             _ => {}
         }
-        Ok(())
+        Ok(false)
+    }
+
+    fn on_body_end(&mut self, _out: &mut Outputs) -> Result<(), ProviderError> {
+        Err(ProviderError::Unavailable(format!(
+            "{VENDOR}: the stream ended before message_stop"
+        )))
     }
 }
 

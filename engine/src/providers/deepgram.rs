@@ -35,7 +35,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-use super::openai_chat::{clip, http_error};
+use super::http::{clip, http_error};
 use super::{AsrEvent, AsrProvider, AsrSession, ProviderError};
 use crate::codecs::{PcmFrame, SampleRate};
 
@@ -473,7 +473,7 @@ impl Worker {
                 let _ = self.events.send(event);
             }
             Some("Error") => {
-                let description = super::openai_chat::error_text(&message);
+                let description = super::http::error_text(&message);
                 self.server_error = Some(clip(&description, 300).to_owned());
             }
             // SpeechStarted, UtteranceEnd, Metadata: the engine has its own VAD and endpointing.

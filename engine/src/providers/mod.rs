@@ -11,6 +11,7 @@ pub mod anthropic;
 pub mod cartesia;
 pub mod deepgram;
 pub mod elevenlabs;
+mod http;
 pub mod local_whisper;
 pub mod openai_chat;
 pub mod openai_realtime;
