@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::elevenlabs::wire::{self, PcmAssembler, Socket, Vendor};
+use super::ws::{self, PcmAssembler, Socket, Vendor};
 use super::{ProviderError, TtsProvider};
 use crate::codecs::{PcmFrame, SampleRate};
 
@@ -91,7 +91,7 @@ impl CartesiaConfig {
     /// [`CartesiaConfig::new`] with the key from `CARTESIA_API_KEY`.
     pub fn from_env(voice_id: &str, language: &str) -> Result<Self, ProviderError> {
         Ok(Self::new(
-            &wire::api_key_from_env(API_KEY_ENV)?,
+            &ws::api_key_from_env(API_KEY_ENV)?,
             voice_id,
             language,
         ))
@@ -102,8 +102,8 @@ impl CartesiaConfig {
         format!(
             "{}/tts/websocket?api_key={}&cartesia_version={}",
             self.base_url.trim_end_matches('/'),
-            wire::encode_query(&self.api_key),
-            wire::encode_query(&self.api_version)
+            ws::encode_query(&self.api_key),
+            ws::encode_query(&self.api_version)
         )
     }
 
@@ -193,7 +193,7 @@ impl Synthesis {
                         return self.fail(ProviderError::Closed);
                     };
                     let text =
-                        match wire::next_text(Vendor::Cartesia, socket, self.config.idle_timeout)
+                        match ws::next_text(Vendor::Cartesia, socket, self.config.idle_timeout)
                             .await
                         {
                             Ok(Some(text)) => text,
@@ -218,14 +218,14 @@ impl Synthesis {
     }
 
     async fn open(&self) -> Result<Socket, ProviderError> {
-        let request = wire::request(Vendor::Cartesia, &self.config.url())?;
+        let request = ws::request(Vendor::Cartesia, &self.config.url())?;
         let mut socket =
-            wire::connect(Vendor::Cartesia, request, self.config.connect_timeout).await?;
+            ws::connect(Vendor::Cartesia, request, self.config.connect_timeout).await?;
         let body = self.config.request(&self.context_id, self.text.trim());
         socket
             .send(Message::text(body.to_string()))
             .await
-            .map_err(|e| wire::socket_error(Vendor::Cartesia, &e))?;
+            .map_err(|e| ws::socket_error(Vendor::Cartesia, &e))?;
         Ok(socket)
     }
 

@@ -17,6 +17,7 @@ pub mod openai_chat;
 pub mod openai_realtime;
 pub mod piper;
 pub mod scripted;
+mod ws;
 
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};

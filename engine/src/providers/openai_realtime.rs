@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::elevenlabs::wire::{self, PcmAssembler, Socket, Vendor};
+use super::ws::{self, PcmAssembler, Socket, Vendor};
 use super::{
     ProviderError, SpeechToSpeechEvent, SpeechToSpeechProvider, SpeechToSpeechSession,
     ToolCallRequest, ToolResultMessage, ToolSchema,
@@ -133,7 +133,7 @@ impl OpenAiRealtimeConfig {
     /// [`OpenAiRealtimeConfig::new`] with the key from `OPENAI_API_KEY`.
     pub fn from_env(voice: &str, language: &str) -> Result<Self, ProviderError> {
         Ok(Self::new(
-            &wire::api_key_from_env(API_KEY_ENV)?,
+            &ws::api_key_from_env(API_KEY_ENV)?,
             voice,
             language,
         ))
@@ -144,7 +144,7 @@ impl OpenAiRealtimeConfig {
         format!(
             "{}/v1/realtime?model={}",
             self.base_url.trim_end_matches('/'),
-            wire::encode_query(&self.model)
+            ws::encode_query(&self.model)
         )
     }
 
@@ -790,24 +790,24 @@ async fn handshake(
     tools: &[ToolSchema],
     protocol: &mut RealtimeProtocol,
 ) -> Result<Socket, ProviderError> {
-    let mut request = wire::request(Vendor::OpenAi, &config.url())?;
+    let mut request = ws::request(Vendor::OpenAi, &config.url())?;
     let headers = request.headers_mut();
     headers.insert(
         "Authorization",
-        wire::header(Vendor::OpenAi, &format!("Bearer {}", config.api_key))?,
+        ws::header(Vendor::OpenAi, &format!("Bearer {}", config.api_key))?,
     );
-    headers.insert("OpenAI-Beta", wire::header(Vendor::OpenAi, "realtime=v1")?);
+    headers.insert("OpenAI-Beta", ws::header(Vendor::OpenAi, "realtime=v1")?);
     let deadline = Instant::now() + config.connect_timeout;
-    let mut socket = wire::connect(Vendor::OpenAi, request, config.connect_timeout).await?;
+    let mut socket = ws::connect(Vendor::OpenAi, request, config.connect_timeout).await?;
     socket
         .send(Message::text(
             config.session_update(instructions, tools).to_string(),
         ))
         .await
-        .map_err(|e| wire::socket_error(Vendor::OpenAi, &e))?;
+        .map_err(|e| ws::socket_error(Vendor::OpenAi, &e))?;
     while !protocol.session_updated() {
         let left = deadline.saturating_duration_since(Instant::now());
-        let Some(text) = wire::next_text(Vendor::OpenAi, &mut socket, left).await? else {
+        let Some(text) = ws::next_text(Vendor::OpenAi, &mut socket, left).await? else {
             return Err(ProviderError::Unavailable(
                 "OpenAI Realtime closed the socket during setup".into(),
             ));
@@ -855,7 +855,7 @@ async fn pump(
         let outgoing: Vec<String> = protocol.take_outgoing().collect();
         for text in outgoing {
             if let Err(err) = socket.send(Message::text(text)).await {
-                return Some(wire::socket_error(Vendor::OpenAi, &err));
+                return Some(ws::socket_error(Vendor::OpenAi, &err));
             }
         }
         for event in protocol.take_events() {
@@ -887,10 +887,10 @@ async fn pump(
             message = socket.next() => {
                 let text = match message {
                     None => return Some(closed_error(ends)),
-                    Some(Err(err)) => return Some(wire::socket_error(Vendor::OpenAi, &err)),
+                    Some(Err(err)) => return Some(ws::socket_error(Vendor::OpenAi, &err)),
                     Some(Ok(Message::Text(text))) => text,
                     Some(Ok(Message::Close(frame))) => {
-                        return Some(match wire::close_outcome(Vendor::OpenAi, frame) {
+                        return Some(match ws::close_outcome(Vendor::OpenAi, frame) {
                             Err(err) => err,
                             Ok(_) => closed_error(ends),
                         });
