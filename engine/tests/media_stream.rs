@@ -13,21 +13,18 @@
 //! task waits, so socket traffic on loopback happens "instantly" and runs
 //! are exact and fast.
 
+mod common;
+
+use common::scripted_call::{pcmu_media, scripted_conversation};
+
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use callingbox_engine::audio::{InboundCodec, OutboundConfig};
-use callingbox_engine::clock::Instant;
 use callingbox_engine::codecs::{G711Law, SampleRate, read_wav};
-use callingbox_engine::conversation::{AgentConfig, AgentLoop, Providers};
-use callingbox_engine::providers::AsrProvider;
-use callingbox_engine::providers::scripted::{
-    LlmLatency, ScriptMatch, ScriptRule, ScriptedAsr, ScriptedLlm, ScriptedTts, TtsLatency,
-};
-use callingbox_engine::session::{CallMediaConfig, ConversationLink, MediaEvent, MediaWorker};
+use callingbox_engine::session::{CallMediaConfig, MediaEvent, MediaWorker};
 use callingbox_engine::transport::media_stream::{
     CallSetup, EndReason, MarkEcho, MediaStreamServer, StreamEvent, StreamStart, serve,
 };
@@ -41,7 +38,6 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant as TokioInstant;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
 
 const TICK: Duration = Duration::from_millis(20);
 const BOOK_TABLE: &str =
@@ -122,62 +118,15 @@ async fn start_server(user_says: &[&str], agent_replies: &[&str]) -> Server {
     let agent_replies: Vec<String> = agent_replies.iter().map(|s| s.to_string()).collect();
     let (events_tx, events) = mpsc::unbounded_channel();
     let factory = move |_start: &StreamStart| {
-        let mut rules: Vec<ScriptRule> = agent_replies
-            .iter()
-            .enumerate()
-            .map(|(turn, reply)| ScriptRule::when(ScriptMatch::Turn(turn)).reply(reply))
-            .collect();
-        rules.push(ScriptRule::when(ScriptMatch::Always).reply("Okay."));
-        let llm = ScriptedLlm::new(
-            rules,
-            LlmLatency {
-                time_to_first_token: Duration::from_millis(250),
-                tokens_per_second: 40,
-            },
-        );
-        let tts = ScriptedTts::new(
-            SampleRate::Hz16000,
-            TtsLatency {
-                time_to_first_byte: Duration::from_millis(100),
-                real_time_factor: 0.1,
-                speech_per_char: Duration::from_millis(60),
-            },
-        );
-        let (audio_tx, agent_audio) = mpsc::channel(64);
-        let providers = Providers {
-            llm: Arc::new(llm),
-            tts: Arc::new(tts),
-        };
-        let (agent, _call_events) = AgentLoop::spawn(AgentConfig::default(), providers, audio_tx);
-        let cancel = CancellationToken::new();
-        let asr = ScriptedAsr::new(
-            user_says.clone(),
-            Duration::from_millis(150),
-            Duration::from_millis(250),
-        )
-        .open(cancel.clone())
-        .map_err(|error| {
+        let conversation = scripted_conversation(&user_says, &agent_replies).map_err(|error| {
             callingbox_engine::transport::media_stream::CallRefused(error.to_string())
         })?;
-        let epoch = agent.clock().to_tokio(Instant::ZERO).into_std();
         Ok(CallSetup {
-            media: CallMediaConfig {
-                inbound: InboundCodec::G711(G711Law::MuLaw),
-                outbound: OutboundConfig::pcmu(SampleRate::Hz16000),
-                gate: VadGateConfig::default(),
-                turns: TurnConfig {
-                    use_end_of_turn_model: false,
-                    ..TurnConfig::default()
-                },
-            },
-            link: Some(ConversationLink {
-                agent,
-                asr,
-                agent_audio,
-            }),
-            epoch,
+            media: pcmu_media(),
+            link: Some(conversation.link),
+            epoch: conversation.epoch,
             events: Some(events_tx.clone()),
-            cancel,
+            cancel: conversation.cancel,
         })
     };
     let (worker, _task) = spawn_worker(MediaWorker::new(VadBatch::load_or_fallback(4), None));

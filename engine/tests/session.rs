@@ -5,24 +5,18 @@
 //! scripted LLM and TTS; agent audio comes back as packets. Virtual time:
 //! every tick advances tokio's paused clock by 20 ms, so runs are exact.
 
+mod common;
+
+use common::scripted_call::{pcmu_media, scripted_conversation};
+
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Duration;
 
-use callingbox_engine::audio::{InboundCodec, OutboundConfig, OutboundPacket};
+use callingbox_engine::audio::OutboundPacket;
 use callingbox_engine::clock::Instant;
-use callingbox_engine::codecs::{G711Law, SampleRate, read_wav};
-use callingbox_engine::conversation::{AgentConfig, AgentLoop, Providers};
-use callingbox_engine::providers::AsrProvider;
-use callingbox_engine::providers::scripted::{
-    LlmLatency, ScriptMatch, ScriptRule, ScriptedAsr, ScriptedLlm, ScriptedTts, TtsLatency,
-};
-use callingbox_engine::session::{
-    CallKey, CallMediaConfig, ConversationLink, MediaEvent, MediaWorker, PacketSink, WorkerEvent,
-};
-use callingbox_engine::turns::TurnConfig;
-use callingbox_engine::vad::{VadBatch, VadGateConfig};
-use tokio::sync::mpsc;
+use callingbox_engine::codecs::{G711Law, read_wav};
+use callingbox_engine::session::{CallKey, MediaEvent, MediaWorker, PacketSink, WorkerEvent};
+use callingbox_engine::vad::VadBatch;
 use tokio_util::sync::CancellationToken;
 
 const TICK: Duration = Duration::from_millis(20);
@@ -67,60 +61,13 @@ struct Call {
 
 impl Call {
     async fn start(user_says: &[&str], agent_replies: &[&str]) -> Call {
-        let mut rules: Vec<ScriptRule> = agent_replies
-            .iter()
-            .enumerate()
-            .map(|(turn, reply)| ScriptRule::when(ScriptMatch::Turn(turn)).reply(reply))
-            .collect();
-        rules.push(ScriptRule::when(ScriptMatch::Always).reply("Okay."));
-        let llm = ScriptedLlm::new(
-            rules,
-            LlmLatency {
-                time_to_first_token: Duration::from_millis(250),
-                tokens_per_second: 40,
-            },
-        );
-        let tts = ScriptedTts::new(
-            SampleRate::Hz16000,
-            TtsLatency {
-                time_to_first_byte: Duration::from_millis(100),
-                real_time_factor: 0.1,
-                speech_per_char: Duration::from_millis(60),
-            },
-        );
-        let (audio_tx, audio_rx) = mpsc::channel(64);
-        let providers = Providers {
-            llm: Arc::new(llm),
-            tts: Arc::new(tts),
-        };
-        let (agent, _call_events) = AgentLoop::spawn(AgentConfig::default(), providers, audio_tx);
-        let cancel = CancellationToken::new();
-        let asr = ScriptedAsr::new(
-            user_says.iter().map(|s| s.to_string()).collect(),
-            Duration::from_millis(150),
-            Duration::from_millis(250),
-        )
-        .open(cancel.clone())
-        .expect("asr");
-        let epoch = agent.clock().to_tokio(Instant::ZERO).into_std();
+        let conversation =
+            scripted_conversation(user_says, agent_replies).expect("scripted conversation");
+        let (epoch, cancel) = (conversation.epoch, conversation.cancel);
         let mut worker = MediaWorker::new(VadBatch::load_or_fallback(4), None);
-        let config = CallMediaConfig {
-            inbound: InboundCodec::G711(G711Law::MuLaw),
-            outbound: OutboundConfig::pcmu(SampleRate::Hz16000),
-            gate: VadGateConfig::default(),
-            turns: TurnConfig {
-                use_end_of_turn_model: false,
-                ..TurnConfig::default()
-            },
-        };
-        let link = ConversationLink {
-            agent,
-            asr,
-            agent_audio: audio_rx,
-        };
         let now = tokio::time::Instant::now().into_std();
         let key = worker
-            .add_call(now, epoch, config, Some(link))
+            .add_call(now, epoch, pcmu_media(), Some(conversation.link))
             .expect("add call");
         Call {
             worker,

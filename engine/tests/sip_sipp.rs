@@ -7,28 +7,22 @@
 //! SIPp print a SKIPPED line when it is not installed (`./dev setup`
 //! installs it).
 
+mod common;
+
+use common::scripted_call::{pcmu_media, scripted_conversation};
+
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::process::{Command, Output};
-use std::sync::Arc;
 use std::time::Duration;
 
-use callingbox_engine::audio::{InboundCodec, OutboundConfig};
-use callingbox_engine::clock::Instant;
-use callingbox_engine::codecs::{G711Law, SampleRate};
-use callingbox_engine::conversation::{AgentConfig, AgentLoop, Providers};
-use callingbox_engine::providers::AsrProvider;
-use callingbox_engine::providers::scripted::{
-    LlmLatency, ScriptMatch, ScriptRule, ScriptedAsr, ScriptedLlm, ScriptedTts, TtsLatency,
-};
-use callingbox_engine::session::{CallMediaConfig, ConversationLink, MediaEvent, MediaWorker};
+use callingbox_engine::codecs::G711Law;
+use callingbox_engine::session::{MediaEvent, MediaWorker};
 use callingbox_engine::transport::sip::{
     IncomingCall, SipCallRefused, SipCallSetup, SipConfig, SipEnd, SipEvent, SipServer,
 };
 use callingbox_engine::transport::{WirePacket, WorkerHandle, spawn_worker};
-use callingbox_engine::turns::TurnConfig;
-use callingbox_engine::vad::{VadBatch, VadGateConfig};
+use callingbox_engine::vad::VadBatch;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 const BOOK_TABLE: &str =
     "I'd like to book a table for four people tomorrow at seven in the evening.";
@@ -67,60 +61,17 @@ async fn start_engine(rtp_ports: std::ops::RangeInclusive<u16>, answer_after: Du
     let (events_tx, events) = mpsc::unbounded_channel();
     let (tap_tx, tapped) = mpsc::channel(4_096);
     let factory = move |_call: &IncomingCall| {
-        let llm = ScriptedLlm::new(
-            vec![
-                ScriptRule::when(ScriptMatch::Turn(0)).reply(REPLY),
-                ScriptRule::when(ScriptMatch::Always).reply("Okay."),
-            ],
-            LlmLatency {
-                time_to_first_token: Duration::from_millis(250),
-                tokens_per_second: 40,
-            },
-        );
-        let tts = ScriptedTts::new(
-            SampleRate::Hz16000,
-            TtsLatency {
-                time_to_first_byte: Duration::from_millis(100),
-                real_time_factor: 0.1,
-                speech_per_char: Duration::from_millis(60),
-            },
-        );
-        let (audio_tx, agent_audio) = mpsc::channel(64);
-        let providers = Providers {
-            llm: Arc::new(llm),
-            tts: Arc::new(tts),
-        };
-        let (agent, _call_events) = AgentLoop::spawn(AgentConfig::default(), providers, audio_tx);
-        let cancel = CancellationToken::new();
-        let asr = ScriptedAsr::new(
-            vec![BOOK_TABLE.to_owned()],
-            Duration::from_millis(150),
-            Duration::from_millis(250),
-        )
-        .open(cancel.clone())
-        .map_err(|error| SipCallRefused {
-            status: 503,
-            reason: error.to_string(),
-        })?;
-        let epoch = agent.clock().to_tokio(Instant::ZERO).into_std();
+        let conversation =
+            scripted_conversation(&[BOOK_TABLE], &[REPLY]).map_err(|error| SipCallRefused {
+                status: 503,
+                reason: error.to_string(),
+            })?;
         Ok(SipCallSetup {
-            media: CallMediaConfig {
-                inbound: InboundCodec::G711(G711Law::MuLaw),
-                outbound: OutboundConfig::pcmu(SampleRate::Hz16000),
-                gate: VadGateConfig::default(),
-                turns: TurnConfig {
-                    use_end_of_turn_model: false,
-                    ..TurnConfig::default()
-                },
-            },
-            link: Some(ConversationLink {
-                agent,
-                asr,
-                agent_audio,
-            }),
-            epoch,
+            media: pcmu_media(),
+            link: Some(conversation.link),
+            epoch: conversation.epoch,
             events: Some(events_tx.clone()),
-            cancel,
+            cancel: conversation.cancel,
             tap: Some(tap_tx.clone()),
         })
     };

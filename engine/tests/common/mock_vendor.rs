@@ -1,8 +1,6 @@
 //! A local WebSocket server standing in for a speech vendor, shared by the
 //! provider tests: it records the handshake, forwards what the client sends
 //! (parsed JSON) to the test, and sends what the test tells it to.
-// Each test crate that includes this module uses only part of it.
-#![allow(dead_code)]
 
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
