@@ -975,7 +975,7 @@ async fn the_scripted_recognizer_reports_interims_then_a_delayed_final() {
     for i in 0..40 {
         sleep(Duration::from_millis(20)).await;
         session
-            .push_frame(frame(i, if i < 30 { 4_000 } else { 0 }))
+            .push_frame(&frame(i, if i < 30 { 4_000 } else { 0 }))
             .expect("push");
     }
     let mut interims = Vec::new();

@@ -159,7 +159,7 @@ async fn results_become_interims_and_finals_and_close_stream_flushes_the_last_wo
     let cancel = CancellationToken::new();
     let (mut session, outcome) = asr.open_with_outcome(cancel.clone()).expect("open");
     for value in 0..10 {
-        session.push_frame(frame(value)).expect("queued");
+        session.push_frame(&frame(value)).expect("queued");
     }
     let mut events = Vec::new();
     for _ in 0..5 {
@@ -306,7 +306,7 @@ async fn a_dropped_socket_reconnects_once_with_the_buffered_audio_then_fails() {
         .open_with_outcome(CancellationToken::new())
         .expect("open");
     for value in 0..3 {
-        session.push_frame(frame(value)).expect("queued");
+        session.push_frame(&frame(value)).expect("queued");
     }
     assert_eq!(
         next(&mut session).await,
@@ -320,7 +320,7 @@ async fn a_dropped_socket_reconnects_once_with_the_buffered_audio_then_fails() {
         .expect("server");
     // Eight frames while the socket is down: only the newest five are kept.
     for value in 10..18 {
-        session.push_frame(frame(value)).expect("queued");
+        session.push_frame(&frame(value)).expect("queued");
     }
     // Lets the session move them from its queue to its reconnect buffer.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -342,7 +342,7 @@ async fn a_dropped_socket_reconnects_once_with_the_buffered_audio_then_fails() {
     };
     assert!(reason.contains("deepgram"), "{reason}");
     assert!(reason.contains("after 1 reconnect"), "{reason}");
-    assert_eq!(session.push_frame(frame(99)), Err(ProviderError::Closed));
+    assert_eq!(session.push_frame(&frame(99)), Err(ProviderError::Closed));
 
     let (first, first_audio, second, second_audio) = server.await.expect("server");
     assert_eq!(first_audio, vec![0, 1, 2]);

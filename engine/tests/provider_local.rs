@@ -107,7 +107,7 @@ async fn push_in_real_time(
     let mut ticker = tokio::time::interval(Duration::from_millis(20));
     for frame in frames {
         ticker.tick().await;
-        session.push_frame(frame).expect("queue has room");
+        session.push_frame(&frame).expect("queue has room");
         while let Some(event) = session.try_next_event() {
             if let AsrEvent::Final { text } = event {
                 finals.push((text, Instant::now()));
@@ -302,11 +302,11 @@ async fn piper_speech_round_trips_through_whisper() {
     let silence = |start| PcmFrame::silence(SampleRate::Hz16000, start, FrameDuration::Ms20);
     let end = round_trip_frames.last().map(PcmFrame::end).expect("frames");
     for frame in round_trip_frames {
-        session.push_frame(frame).expect("queue has room");
+        session.push_frame(&frame).expect("queue has room");
     }
     for i in 0..25 {
         session
-            .push_frame(silence(end.saturating_add(Duration::from_millis(20 * i))))
+            .push_frame(&silence(end.saturating_add(Duration::from_millis(20 * i))))
             .expect("queue has room");
     }
     let mut transcript = Vec::new();

@@ -20,6 +20,7 @@
 //! up to [`DeepgramConfig::reconnect_buffer`]; after that it ends with an
 //! error that [`AsrOutcome`] reports.
 
+use crate::providers::PooledFrame;
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
@@ -286,7 +287,7 @@ enum Ending {
 struct Worker {
     config: Arc<DeepgramConfig>,
     url: url::Url,
-    audio: mpsc::Receiver<PcmFrame>,
+    audio: mpsc::Receiver<PooledFrame>,
     events: mpsc::UnboundedSender<AsrEvent>,
     cancel: CancellationToken,
     /// Audio not yet delivered, oldest first (while connecting, or the frame

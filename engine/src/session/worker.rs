@@ -234,7 +234,7 @@ impl MediaWorker {
             slot.drain_agent_audio();
             let (frame, window) = slot.media.pull_audio(call_now);
             if let Some(link) = &slot.link
-                && link.asr.push_frame(frame.clone()).is_err()
+                && link.asr.push_frame(frame).is_err()
             {
                 slot.asr_dropped += 1;
             }
