@@ -80,6 +80,18 @@ struct TurnText {
     interim: String,
     text: String,
     scratch: String,
+    /// What `text` says, computed once per change of the text (the
+    /// machine reads it on every tick while it waits).
+    analysis: Option<TextAnalysis>,
+}
+
+/// The transcript cues of the turn's current text.
+#[derive(Debug, Clone, Copy)]
+struct TextAnalysis {
+    has_words: bool,
+    /// Only words of a backchannel ("uh-huh", "okay").
+    backchannel: bool,
+    cue: Cue,
 }
 
 impl TurnText {
@@ -89,6 +101,7 @@ impl TurnText {
             interim: String::with_capacity(TEXT_CAPACITY),
             text: String::with_capacity(TEXT_CAPACITY),
             scratch: String::with_capacity(TEXT_CAPACITY),
+            analysis: None,
         }
     }
 
@@ -96,6 +109,7 @@ impl TurnText {
         self.finals.clear();
         self.interim.clear();
         self.text.clear();
+        self.analysis = None;
     }
 
     /// Apply a recognizer result; true if the turn's text changed.
@@ -120,6 +134,9 @@ impl TurnText {
         self.scratch.push_str(&self.interim);
         let changed = self.scratch != self.text;
         std::mem::swap(&mut self.scratch, &mut self.text);
+        if changed {
+            self.analysis = None;
+        }
         changed
     }
 }
@@ -366,7 +383,7 @@ impl TurnMachine {
         if self.turn.update(text, is_final) {
             self.last_text_change = now;
         }
-        if cues::has_words(&self.turn.text)
+        if self.text_analysis().has_words
             && let Some(idle) = &mut self.idle
         {
             // The user is there: restart the silence count.
@@ -427,6 +444,22 @@ impl TurnMachine {
         self.evaluate_idle(now);
     }
 
+    /// The cues of the turn's text, computed once per change of the text.
+    fn text_analysis(&mut self) -> TextAnalysis {
+        if let Some(analysis) = self.turn.analysis {
+            return analysis;
+        }
+        let text = &self.turn.text;
+        let has_words = cues::has_words(text);
+        let analysis = TextAnalysis {
+            has_words,
+            backchannel: has_words && cues::is_backchannel(text, &self.config.backchannel_phrases),
+            cue: cues::classify(text),
+        };
+        self.turn.analysis = Some(analysis);
+        analysis
+    }
+
     fn hang_up(&mut self, reason: HangupReason) {
         self.push(Pending::Hangup { reason });
         self.ended = true;
@@ -438,9 +471,11 @@ impl TurnMachine {
         started_at: Instant,
         stopped_at: Option<Instant>,
     ) {
-        let text = &self.turn.text;
-        let has_words = cues::has_words(text);
-        let backchannel = has_words && cues::is_backchannel(text, &self.config.backchannel_phrases);
+        let TextAnalysis {
+            has_words,
+            backchannel,
+            ..
+        } = self.text_analysis();
         match stopped_at {
             None => {
                 let speech = now.saturating_since(started_at);
@@ -558,10 +593,12 @@ impl TurnMachine {
         answer: Option<f32>,
     ) {
         let waited = now.saturating_since(vad_stopped_at);
-        let text = &self.turn.text;
-        let has_words = cues::has_words(text);
-        let false_alarm = self.interrupted_agent
-            && (!has_words || cues::is_backchannel(text, &self.config.backchannel_phrases));
+        let TextAnalysis {
+            has_words,
+            backchannel,
+            cue,
+        } = self.text_analysis();
+        let false_alarm = self.interrupted_agent && (!has_words || backchannel);
         if false_alarm {
             // Noise or a backchannel stopped the agent: give the recognizer
             // time to prove otherwise, then let the agent go on.
@@ -583,7 +620,6 @@ impl TurnMachine {
         if self.speculating && self.speculative_text != self.turn.text {
             self.discard_speculation();
         }
-        let cue = cues::classify(&self.turn.text);
         if let Some(reason) =
             self.end_of_turn_decision(now, vad_stopped_at, requested_at, answer, cue)
         {
