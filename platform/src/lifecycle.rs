@@ -210,6 +210,29 @@ pub async fn set_result(
     Ok(())
 }
 
+/// Ends every call this node left live (queued, ringing, in progress) when
+/// it stopped: they fail with `error_code` `node_restarted`, their holds are
+/// released and their terminal events recorded. Returns how many.
+pub async fn fail_orphans(
+    store: &Store,
+    pricing: &Pricing,
+    node_id: &str,
+    now: Timestamp,
+) -> Result<usize, StoreError> {
+    let orphans = calls::live_on_node(store, node_id).await?;
+    let mut failed = 0;
+    for call in &orphans {
+        let outcome = Outcome::failed(
+            "node_restarted",
+            "the CallingBox node running this call stopped before it ended",
+        );
+        if finish(store, pricing, &call.id, outcome, now).await? != Finished::AlreadyEnded {
+            failed += 1;
+        }
+    }
+    Ok(failed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

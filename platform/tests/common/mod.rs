@@ -90,9 +90,25 @@ impl TestServer {
 
     /// Starts a server with `pricing`.
     pub async fn start_with(backend: &'static str, url: &str, pricing: Pricing) -> TestServer {
+        let launcher = Arc::new(RecordingLauncher::default());
+        let as_launcher: Arc<dyn CallLauncher> = launcher.clone();
+        let mut server = Self::start_full(backend, url, pricing, |_, _| as_launcher).await;
+        server.launcher = launcher;
+        server
+    }
+
+    /// Starts a server whose calls go to the launcher `make` builds from
+    /// the store and clock.
+    pub async fn start_full(
+        backend: &'static str,
+        url: &str,
+        pricing: Pricing,
+        make: impl FnOnce(Store, Arc<dyn Clock>) -> Arc<dyn CallLauncher>,
+    ) -> TestServer {
         let store = Store::open(url).await.expect("the test database opens");
         let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::default());
         let launcher = Arc::new(RecordingLauncher::default());
+        let call_launcher = make(store.clone(), Arc::clone(&clock));
         let mut tx = store.begin().await.expect("tx");
         let org = orgs::create(
             &mut tx,
@@ -111,7 +127,7 @@ impl TestServer {
             clock,
             pricing,
             carrier: Arc::new(LocalCarrier),
-            launcher: Arc::clone(&launcher) as Arc<dyn CallLauncher>,
+            launcher: call_launcher,
             node_id: "test-node".into(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -1,0 +1,5 @@
+//! The binary's command line: the server, the operator's verbs (keys,
+//! credits) that work on the database directly, and the demo.
+
+pub mod operator;
+pub mod serve;
