@@ -21,9 +21,23 @@
 //! A BYE from the peer ends it; a hangup from the turn machine or the agent
 //! sends our BYE. Everything the call started is stopped when it ends, and
 //! the application hears one [`SipEvent::Ended`].
+//!
+//! Outbound calls go through the same socket and driver: a [`SipDialer`]
+//! (from [`SipServer::dialer`]) places them with the sans-IO [`uac`]; the
+//! callee's ringing is [`SipEvent::CalleeRinging`], and on its 200 OK (ACKed)
+//! the call joins the worker exactly like an inbound one. The agent never
+//! hears nor speaks into ringing or early media. Trunks may challenge with
+//! digest authentication ([`digest`]); numbers of the embedded default live
+//! on the [`carrier::LocalCarrier`]. [`outcome`] maps how a call ended to
+//! the status the control plane stores.
 
+pub mod carrier;
+pub mod digest;
 pub mod message;
+pub mod outbound;
+pub mod outcome;
 pub mod sdp;
+pub mod uac;
 pub mod uas;
 
 use std::collections::HashMap;
@@ -43,6 +57,12 @@ use crate::audio::{InboundCodec, WireCodec};
 use crate::clock::Instant;
 use crate::events::EndedBy;
 use crate::session::{CallMediaConfig, ConversationLink, MediaEvent};
+pub use carrier::LocalCarrier;
+pub use digest::Credentials;
+use message::SipMessage;
+pub use outbound::{DialError, DialedCall, OutboundCall, Route, SipDialer, SipTrunk};
+pub use outcome::{CallOutcome, CallResult, call_outcome};
+pub use uac::{SipUac, UacConfig, UacEnd, UacOutput};
 pub use uas::{CallEnd, IncomingCall, SipCallId, SipUas, UasConfig, UasOutput};
 
 /// The longest SIP datagram read.
@@ -126,7 +146,7 @@ pub enum SipEnd {
     RemoteBye,
     /// The peer cancelled before the answer.
     Canceled,
-    /// The turn machine or the agent hung up; we sent BYE.
+    /// We hung up (the turn machine, the agent, or the application); we sent BYE.
     HungUp,
     /// The ACK of our 200 never came.
     AckTimeout,
@@ -136,14 +156,34 @@ pub enum SipEnd {
     WorkerFailed(String),
     /// The RTP socket failed.
     SocketFailed,
+    /// Outbound: the callee or the trunk answered our INVITE with this
+    /// final status (486 busy, 480 unavailable, 401 after our credentials ...).
+    Refused(u16),
+    /// Outbound: no answer within the ring timeout; we sent CANCEL.
+    RingTimeout,
+    /// Outbound: the application hung up before the answer; we sent CANCEL.
+    Abandoned,
+    /// Outbound: nothing answered our INVITE (timer B, 64*T1).
+    NoResponse,
+    /// Outbound: the 200 OK carried no SDP answer we can use; we sent BYE.
+    BadAnswer,
 }
 
 /// What the transport reports about a call.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SipEvent {
-    /// The INVITE was accepted; the call rings.
+    /// Inbound: the INVITE was accepted; the call rings.
     Ringing(IncomingCall),
-    /// The ACK came: the call is on the worker, media flows.
+    /// Outbound: the callee rings (its first 180 or 183). Its early media,
+    /// if any, is dropped: the agent neither hears nor speaks before the answer.
+    CalleeRinging {
+        /// 180 or 183.
+        status: u16,
+        /// The response carried an SDP (early media).
+        early_media: bool,
+    },
+    /// Answered (inbound: our 200 was ACKed; outbound: the callee's 200
+    /// came and we ACKed): the call is on the worker, media flows.
     Answered,
     /// A media event of the call (turns, barge-ins, agent audio).
     Media(MediaEvent),
@@ -169,6 +209,8 @@ pub struct SipServer {
     config: SipConfig,
     worker: WorkerHandle,
     factory: Arc<dyn SipCallFactory>,
+    commands: mpsc::UnboundedSender<outbound::Command>,
+    command_rx: mpsc::UnboundedReceiver<outbound::Command>,
 }
 
 impl std::fmt::Debug for SipServer {
@@ -200,6 +242,7 @@ impl SipServer {
                 ));
             }
         };
+        let (commands, command_rx) = mpsc::unbounded_channel();
         Ok(SipServer {
             socket: Arc::new(socket),
             local,
@@ -207,6 +250,8 @@ impl SipServer {
             config,
             worker,
             factory: Arc::new(factory),
+            commands,
+            command_rx,
         })
     }
 
@@ -215,13 +260,25 @@ impl SipServer {
         self.local
     }
 
+    /// Places outbound calls through this server once it [`run`](Self::run)s.
+    pub fn dialer(&self) -> SipDialer {
+        SipDialer {
+            commands: self.commands.clone(),
+            local: SocketAddr::new(self.advertised_ip, self.local.port()),
+        }
+    }
+
     /// Serves calls until the SIP socket fails.
     pub async fn run(self) -> std::io::Result<()> {
         let mut uas_config = UasConfig::new(SocketAddr::new(self.advertised_ip, self.local.port()));
         uas_config.numbers = self.config.numbers.clone();
         uas_config.answer_after = self.config.answer_after;
+        let uac_config = UacConfig::new(uas_config.local);
         let mut driver = Driver {
             uas: SipUas::new(uas_config, random_seed()),
+            uac: SipUac::new(uac_config, random_seed()),
+            commands: (self.commands, self.command_rx),
+            pending_out: HashMap::new(),
             socket: Arc::clone(&self.socket),
             ports: RtpPorts::new(self.config.bind.ip(), self.config.rtp_ports.clone()),
             advertised_ip: self.advertised_ip,
@@ -249,6 +306,12 @@ fn random_seed() -> u64 {
     hasher.finish()
 }
 
+/// An outbound call placed, waiting for the callee's answer.
+struct PendingOutbound {
+    setup: SipCallSetup,
+    socket: std::net::UdpSocket,
+}
+
 /// A call set up at the INVITE, waiting for the ACK.
 struct PendingCall {
     setup: SipCallSetup,
@@ -270,6 +333,13 @@ enum Notice {
 
 struct Driver {
     uas: SipUas,
+    uac: SipUac,
+    /// Dialers' commands; the driver keeps a sender so it never closes.
+    commands: (
+        mpsc::UnboundedSender<outbound::Command>,
+        mpsc::UnboundedReceiver<outbound::Command>,
+    ),
+    pending_out: HashMap<SipCallId, PendingOutbound>,
     socket: Arc<UdpSocket>,
     ports: RtpPorts,
     advertised_ip: IpAddr,
@@ -292,12 +362,20 @@ impl Driver {
     async fn run(&mut self) -> std::io::Result<()> {
         let mut buffer = vec![0u8; DATAGRAM_MAX];
         loop {
-            while let Some(output) = self.uas.poll_output() {
-                self.on_output(output).await;
+            // Outputs can cause more (a failed media start hangs up): until none.
+            loop {
+                if let Some(output) = self.uas.poll_output() {
+                    self.on_output(output).await;
+                } else if let Some(output) = self.uac.poll_output() {
+                    self.on_uac_output(output).await;
+                } else {
+                    break;
+                }
             }
-            let deadline = self
-                .uas
-                .next_deadline()
+            let deadline = [self.uas.next_deadline(), self.uac.next_deadline()]
+                .into_iter()
+                .flatten()
+                .min()
                 .map(|at| tokio::time::Instant::from_std(self.epoch + at.since_epoch()));
             let timer = async {
                 match deadline {
@@ -309,7 +387,12 @@ impl Driver {
                 received = self.socket.recv_from(&mut buffer) => match received {
                     Ok((length, from)) => {
                         let now = self.now();
-                        self.uas.handle_datagram(now, from, &buffer[..length]);
+                        let bytes = &buffer[..length];
+                        let outbound = SipMessage::parse(bytes)
+                            .is_ok_and(|message| self.uac.handle_message(now, from, &message));
+                        if !outbound {
+                            self.uas.handle_datagram(now, from, bytes);
+                        }
                     }
                     // ICMP unreachable from an earlier send: not our socket's fault.
                     Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {}
@@ -318,16 +401,22 @@ impl Driver {
                 () = timer => {
                     let now = self.now();
                     self.uas.handle_timeout(now);
+                    self.uac.handle_timeout(now);
                 }
                 Some(notice) = self.notices.1.recv() => match notice {
                     Notice::Finished { call, hung_up } => {
                         self.running.remove(&call);
                         if hung_up {
                             let now = self.now();
-                            let _ = self.uas.hang_up(now, call);
+                            if is_outbound(call) {
+                                let _ = self.uac.hang_up(now, call);
+                            } else {
+                                let _ = self.uas.hang_up(now, call);
+                            }
                         }
                     }
                 },
+                Some(command) = self.commands.1.recv() => self.on_command(command),
             }
         }
     }
@@ -399,6 +488,17 @@ impl Driver {
             socket,
             media,
         } = pending;
+        self.start_media(call, setup, socket, media).await;
+    }
+
+    /// Puts an answered call on the worker and starts its RTP task.
+    async fn start_media(
+        &mut self,
+        call: SipCallId,
+        setup: SipCallSetup,
+        socket: std::net::UdpSocket,
+        media: sdp::Negotiated,
+    ) {
         let SipCallSetup {
             media: config,
             link,
@@ -412,8 +512,7 @@ impl Driver {
             Err(_) => {
                 report_end(&events, SipEnd::SocketFailed, RtpStats::default());
                 cancel.cancel();
-                let now = self.now();
-                let _ = self.uas.hang_up(now, call);
+                self.hang_up_signalling(call);
                 return;
             }
         };
@@ -431,8 +530,7 @@ impl Driver {
                     RtpStats::default(),
                 );
                 cancel.cancel();
-                let now = self.now();
-                let _ = self.uas.hang_up(now, call);
+                self.hang_up_signalling(call);
                 return;
             }
         };
@@ -516,6 +614,120 @@ impl Driver {
     }
 }
 
+impl Driver {
+    /// Ends the SIP side of a call that could not start its media.
+    fn hang_up_signalling(&mut self, call: SipCallId) {
+        let now = self.now();
+        if is_outbound(call) {
+            let _ = self.uac.hang_up(now, call);
+        } else {
+            let _ = self.uas.hang_up(now, call);
+        }
+    }
+
+    fn on_command(&mut self, command: outbound::Command) {
+        match command {
+            outbound::Command::Dial {
+                mut dial,
+                setup,
+                reply,
+            } => {
+                let bound = self.ports.bind().and_then(|socket| {
+                    let port = socket.local_addr()?.port();
+                    Ok((socket, port))
+                });
+                let (socket, port) = match bound {
+                    Ok(bound) => bound,
+                    Err(error) => {
+                        let _ = reply.send(Err(DialError::NoRtpPort(error)));
+                        return;
+                    }
+                };
+                dial.local_rtp = SocketAddr::new(self.advertised_ip, port);
+                let now = self.now();
+                let call = self.uac.dial(now, dial);
+                let call_id = self.uac.call_id(call).unwrap_or_default().to_owned();
+                self.pending_out.insert(
+                    call,
+                    PendingOutbound {
+                        setup: *setup,
+                        socket,
+                    },
+                );
+                let _ = reply.send(Ok((call, call_id)));
+            }
+            outbound::Command::HangUp(call) => {
+                if let Some(running) = self.running.remove(&call) {
+                    // Stop the media now; the BYE's answer needs no waiting for.
+                    let _ = running.reason.send(SipEnd::HungUp);
+                    running.stop.cancel();
+                }
+                let now = self.now();
+                let _ = self.uac.hang_up(now, call);
+            }
+        }
+    }
+
+    async fn on_uac_output(&mut self, output: UacOutput) {
+        match output {
+            UacOutput::Transmit { to, bytes } => {
+                let _ = self.socket.send_to(&bytes, to).await;
+            }
+            UacOutput::Ringing {
+                call,
+                status,
+                early_media,
+            } => {
+                if let Some(events) = self
+                    .pending_out
+                    .get(&call)
+                    .and_then(|pending| pending.setup.events.as_ref())
+                {
+                    let _ = events.send(SipEvent::CalleeRinging {
+                        status,
+                        early_media,
+                    });
+                }
+            }
+            UacOutput::Answered { call, media } => {
+                let Some(PendingOutbound { mut setup, socket }) = self.pending_out.remove(&call)
+                else {
+                    return;
+                };
+                // Early media (ringback, announcements) waited in the socket:
+                // the agent must not hear it as the callee's first words.
+                let mut scratch = [0u8; 2_048];
+                while socket.recv_from(&mut scratch).is_ok() {}
+                let law = media.codec.law;
+                setup.media.inbound = InboundCodec::G711(law);
+                setup.media.outbound.codec = WireCodec::G711(law);
+                self.start_media(call, setup, socket, media).await;
+            }
+            UacOutput::Ended { call, reason } => {
+                let reason = match reason {
+                    UacEnd::RemoteBye => SipEnd::RemoteBye,
+                    UacEnd::LocalBye { .. } => SipEnd::HungUp,
+                    UacEnd::Refused(status) => SipEnd::Refused(status),
+                    UacEnd::NoResponse => SipEnd::NoResponse,
+                    UacEnd::RingTimeout => SipEnd::RingTimeout,
+                    UacEnd::Canceled => SipEnd::Abandoned,
+                    UacEnd::BadAnswer => SipEnd::BadAnswer,
+                };
+                if let Some(running) = self.running.remove(&call) {
+                    let _ = running.reason.send(reason);
+                    running.stop.cancel();
+                } else if let Some(pending) = self.pending_out.remove(&call) {
+                    drop_setup(pending.setup, reason);
+                }
+            }
+        }
+    }
+}
+
+fn is_outbound(call: SipCallId) -> bool {
+    call.0 & uac::OUTBOUND_ID_BIT != 0
+}
+
 fn report_end(events: &Option<mpsc::UnboundedSender<SipEvent>>, reason: SipEnd, rtp: RtpStats) {
     if let Some(events) = events {
         let _ = events.send(SipEvent::Ended { reason, rtp });
@@ -524,12 +736,17 @@ fn report_end(events: &Option<mpsc::UnboundedSender<SipEvent>>, reason: SipEnd, 
 
 /// Stops what a call set up at the INVITE that never got its media.
 fn drop_pending(pending: PendingCall, reason: SipEnd) {
+    drop_setup(pending.setup, reason);
+}
+
+/// Stops what the application set up for a call that never got its media.
+fn drop_setup(setup: SipCallSetup, reason: SipEnd) {
     let SipCallSetup {
         link,
         events,
         cancel,
         ..
-    } = pending.setup;
+    } = setup;
     tokio::spawn(async move {
         if let Some(link) = link {
             shut_down(link, EndedBy::User, &reason).await;

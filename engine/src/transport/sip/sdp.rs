@@ -5,6 +5,9 @@
 //! `telephone-event` if offered, at 20 ms packets; [`Answer::to_sdp`] writes
 //! the answer with our RTP address. Parsing is lenient about what it does not
 //! need and never panics on garbage.
+//!
+//! Outbound calls turn it around: [`Offer::to_sdp`] offers PCMU, PCMA and
+//! `telephone-event`, and [`read_answer`] reads what the callee picked.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -150,6 +153,48 @@ impl Answer {
         );
         sdp
     }
+}
+
+/// Our offer for an outbound call: PCMU (0), PCMA (8) and
+/// `telephone-event` ([`Offer::TELEPHONE_EVENT`]), 20 ms packets, sendrecv.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offer {
+    /// Where we receive RTP.
+    pub local_rtp: SocketAddr,
+    /// The `o=` session id (and version).
+    pub session_id: u64,
+}
+
+impl Offer {
+    /// The payload type we offer RFC 4733 events on.
+    pub const TELEPHONE_EVENT: u8 = 101;
+
+    /// The offer's SDP text (CRLF lines).
+    pub fn to_sdp(&self) -> String {
+        let ip = self.local_rtp.ip();
+        let family = match ip {
+            IpAddr::V4(_) => "IP4",
+            IpAddr::V6(_) => "IP6",
+        };
+        let event = Self::TELEPHONE_EVENT;
+        format!(
+            "v=0\r\no=callingbox {id} {id} IN {family} {ip}\r\ns=CallingBox\r\n\
+             c=IN {family} {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 8 {event}\r\n\
+             a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
+             a=rtpmap:{event} telephone-event/8000\r\na=fmtp:{event} 0-15\r\n\
+             a=ptime:20\r\na=sendrecv\r\n",
+            id = self.session_id,
+            port = self.local_rtp.port(),
+        )
+    }
+}
+
+/// Reads the callee's answer to our [`Offer`]: the codec it put first
+/// (RFC 3264 lets the answerer pick among the offered ones), its
+/// `telephone-event` type if it kept it, and where it receives RTP. The
+/// direction is ours (an answer of `recvonly` makes us `sendonly`).
+pub fn read_answer(answer: &str) -> Result<Negotiated, SdpError> {
+    negotiate(answer)
 }
 
 /// One `m=` section as parsed.
@@ -379,6 +424,31 @@ mod tests {
         let reparsed = negotiate(&sdp).expect("our answer parses");
         assert_eq!(reparsed.codec, negotiated.codec);
         assert_eq!(reparsed.remote_rtp.port(), 40002);
+    }
+
+    #[test]
+    fn our_offer_lists_both_laws_and_the_answer_picks_one() {
+        let offer = Offer {
+            local_rtp: "127.0.0.1:40010".parse().expect("addr"),
+            session_id: 3,
+        }
+        .to_sdp();
+        assert!(
+            offer.contains("m=audio 40010 RTP/AVP 0 8 101\r\n"),
+            "{offer}"
+        );
+        // Answered by our own UAS logic, it keeps PCMU first and the events.
+        let negotiated = negotiate(&offer).expect("our offer is answerable");
+        assert_eq!(negotiated.codec.law, G711Law::MuLaw);
+        assert_eq!(negotiated.telephone_event, Some(Offer::TELEPHONE_EVENT));
+        let answer = "v=0\r\no=- 1 1 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\n\
+            m=audio 7078 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=recvonly\r\n";
+        let read = read_answer(answer).expect("usable answer");
+        assert_eq!(read.codec.law, G711Law::ALaw);
+        assert_eq!(read.codec.payload_type, 8);
+        assert_eq!(read.telephone_event, None);
+        assert_eq!(read.remote_rtp, "10.0.0.5:7078".parse().expect("addr"));
+        assert_eq!(read.direction, Direction::SendOnly);
     }
 
     #[test]
