@@ -48,6 +48,10 @@ pub trait Carrier: Send + Sync + std::fmt::Debug + 'static {
     fn search(&self, query: &NumberQuery, taken: &dyn Fn(&str) -> bool) -> Vec<AvailableNumber>;
     /// The offer for `e164` if this carrier can sell it.
     fn offer(&self, e164: &str) -> Option<AvailableNumber>;
+    /// Makes a bought number reachable (routes it to this node).
+    fn provision(&self, e164: &str) {
+        let _ = e164;
+    }
 }
 
 const MONTHLY_COST_CENTS: i64 = 100;
@@ -66,9 +70,27 @@ fn offer(e164: &str, number_type: &str, locality: Option<&str>) -> AvailableNumb
 }
 
 /// The local carrier: any US number `+1 NPA 555 01XX` (local) or
-/// `+1 800 555 01XX` (toll free). Calls between them stay on loopback SIP.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LocalCarrier;
+/// `+1 800 555 01XX` (toll free). Calls between them stay on loopback SIP:
+/// a bought number is routed to this node's SIP address.
+#[derive(Debug, Default, Clone)]
+pub struct LocalCarrier {
+    routes: Option<(
+        callingbox_engine::transport::sip::LocalCarrier,
+        std::net::SocketAddr,
+    )>,
+}
+
+impl LocalCarrier {
+    /// Numbers routed on `routes` to the SIP server at `sip`.
+    pub fn routed(
+        routes: callingbox_engine::transport::sip::LocalCarrier,
+        sip: std::net::SocketAddr,
+    ) -> Self {
+        LocalCarrier {
+            routes: Some((routes, sip)),
+        }
+    }
+}
 
 impl LocalCarrier {
     fn parse(e164: &str) -> Option<(&str, &str)> {
@@ -110,6 +132,12 @@ impl Carrier for LocalCarrier {
     fn offer(&self, e164: &str) -> Option<AvailableNumber> {
         let (_, kind) = Self::parse(e164)?;
         Some(offer(e164, kind, Some("Loopback")))
+    }
+
+    fn provision(&self, e164: &str) {
+        if let Some((routes, sip)) = &self.routes {
+            let _ = routes.assign(e164, *sip);
+        }
     }
 }
 
@@ -175,13 +203,15 @@ mod tests {
             number_type: None,
             limit: 3,
         };
-        let found = LocalCarrier.search(&query, &|n| n == "+12125550100");
+        let found = LocalCarrier::default().search(&query, &|n| n == "+12125550100");
         let numbers: Vec<_> = found.iter().map(|o| o.phone_number.as_str()).collect();
         assert_eq!(numbers, ["+12125550101", "+12125550102", "+12125550103"]);
-        assert!(LocalCarrier.offer("+12125550199").is_some());
-        assert!(LocalCarrier.offer("+12125551234").is_none());
+        assert!(LocalCarrier::default().offer("+12125550199").is_some());
+        assert!(LocalCarrier::default().offer("+12125551234").is_none());
         assert_eq!(
-            LocalCarrier.offer("+18005550100").map(|o| o.number_type),
+            LocalCarrier::default()
+                .offer("+18005550100")
+                .map(|o| o.number_type),
             Some("toll_free".into())
         );
     }

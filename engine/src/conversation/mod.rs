@@ -184,7 +184,28 @@ pub struct AgentHandle {
     tools_running: Arc<std::sync::atomic::AtomicU32>,
 }
 
+/// A cloneable handle that can only make the agent speak (for the tasks
+/// that react to call events, such as greeting on pick-up).
+#[derive(Debug, Clone)]
+pub struct AgentSpeaker {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl AgentSpeaker {
+    /// Speaks `text` as the agent (as [`AgentHandle::say`]).
+    pub fn say(&self, text: &str) {
+        let _ = self.commands.send(Command::Say(text.to_owned()));
+    }
+}
+
 impl AgentHandle {
+    /// A handle that can only make the agent speak.
+    pub fn speaker(&self) -> AgentSpeaker {
+        AgentSpeaker {
+            commands: self.commands.clone(),
+        }
+    }
+
     /// The call's clock (time since the call started).
     pub fn clock(&self) -> CallClock {
         self.clock

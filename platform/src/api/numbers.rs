@@ -184,6 +184,7 @@ async fn purchase(
         )));
     }
     tx.commit().await.map_err(|err| ApiError::internal(&err))?;
+    state.carrier.provision(&number.e164);
     Ok((StatusCode::CREATED, Json(number)))
 }
 

@@ -16,7 +16,11 @@ pub async fn open_store(config: &Config) -> Result<Store> {
 
 /// The organization named or identified by `org`, created (with the
 /// starting credit) if no organization has that name.
-pub async fn find_or_create_org(store: &Store, config: &Config, org: &str) -> Result<orgs::Organization> {
+pub async fn find_or_create_org(
+    store: &Store,
+    config: &Config,
+    org: &str,
+) -> Result<orgs::Organization> {
     let mut conn = store.pool().acquire().await?;
     if let Some(found) = orgs::get(&mut conn, org).await? {
         return Ok(found);
@@ -26,7 +30,13 @@ pub async fn find_or_create_org(store: &Store, config: &Config, org: &str) -> Re
         return Ok(found);
     }
     let mut tx = store.begin().await?;
-    let created = orgs::create(&mut tx, org, config.pricing().starting_credit_milli_cents, MonotonicClock::default().now()).await?;
+    let created = orgs::create(
+        &mut tx,
+        org,
+        config.pricing().starting_credit_milli_cents,
+        MonotonicClock::default().now(),
+    )
+    .await?;
     tx.commit().await?;
     eprintln!(
         "created organization {:?} ({}) with {} of starting credit",
@@ -38,7 +48,12 @@ pub async fn find_or_create_org(store: &Store, config: &Config, org: &str) -> Re
 }
 
 /// `keys create`: prints the key once.
-pub async fn create_key(config: &Config, org: &str, name: &str, expires_in_days: Option<u32>) -> Result<()> {
+pub async fn create_key(
+    config: &Config,
+    org: &str,
+    name: &str,
+    expires_in_days: Option<u32>,
+) -> Result<()> {
     let store = open_store(config).await?;
     let org = find_or_create_org(&store, config, org).await?;
     let now = MonotonicClock::default().now();
@@ -58,7 +73,10 @@ pub async fn create_key(config: &Config, org: &str, name: &str, expires_in_days:
 pub async fn list_keys(config: &Config) -> Result<()> {
     let store = open_store(config).await?;
     let now = MonotonicClock::default().now();
-    println!("{:<36}  {:<12}  {:<20}  {:<8}  {:<24}  {}", "ID", "PREFIX", "NAME", "STATE", "CREATED", "ORG");
+    println!(
+        "{:<36}  {:<12}  {:<20}  {:<8}  {:<24}  {}",
+        "ID", "PREFIX", "NAME", "STATE", "CREATED", "ORG"
+    );
     for key in keys::list(&store, None).await? {
         let state = if key.revoked_at.is_some() {
             "revoked"
@@ -93,8 +111,17 @@ pub async fn add_credits(config: &Config, org: &str, amount: &str) -> Result<()>
     let store = open_store(config).await?;
     let org = find_or_create_org(&store, config, org).await?;
     let mut tx = store.begin().await?;
-    ledger::add_credits(&mut tx, &org.id, milli_cents, "added by the operator", MonotonicClock::default().now()).await?;
-    let after = orgs::get(&mut tx, &org.id).await?.context("organization vanished")?;
+    ledger::add_credits(
+        &mut tx,
+        &org.id,
+        milli_cents,
+        "added by the operator",
+        MonotonicClock::default().now(),
+    )
+    .await?;
+    let after = orgs::get(&mut tx, &org.id)
+        .await?
+        .context("organization vanished")?;
     tx.commit().await?;
     println!(
         "{}: balance {} (held {})",
@@ -109,7 +136,10 @@ pub async fn add_credits(config: &Config, org: &str, amount: &str) -> Result<()>
 pub async fn show_credits(config: &Config) -> Result<()> {
     let store = open_store(config).await?;
     let month_start = month_start(MonotonicClock::default().now());
-    println!("{:<24} {:>10} {:>10} {:>8} {:>12} {:>12}", "ORG", "BALANCE", "HELD", "CALLS", "BILLED MIN", "CALL COST");
+    println!(
+        "{:<24} {:>10} {:>10} {:>8} {:>12} {:>12}",
+        "ORG", "BALANCE", "HELD", "CALLS", "BILLED MIN", "CALL COST"
+    );
     for org in orgs::list(&store).await? {
         let usage = ledger::usage_since(&store, &org.id, month_start).await?;
         println!(
@@ -126,7 +156,8 @@ pub async fn show_credits(config: &Config) -> Result<()> {
 }
 
 fn month_start(now: Timestamp) -> Timestamp {
-    let at = time::OffsetDateTime::from_unix_timestamp(now.unix_seconds()).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let at = time::OffsetDateTime::from_unix_timestamp(now.unix_seconds())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let start = at
         .replace_day(1)
         .map(|d| d.replace_time(time::Time::MIDNIGHT))
@@ -138,7 +169,11 @@ fn month_start(now: Timestamp) -> Timestamp {
 pub fn parse_dollars(text: &str) -> Result<i64> {
     let text = text.trim().trim_start_matches('$');
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || fraction.len() > 2 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+    if whole.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || fraction.len() > 2
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
+    {
         bail!("amount must be dollars like 10 or 10.50, got {text:?}");
     }
     let whole: i64 = whole.parse().context("amount too large")?;

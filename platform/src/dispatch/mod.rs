@@ -8,9 +8,12 @@
 //! statuses and their webhook events, transcript segments as they arrive,
 //! billing at the end, then extraction of the `returns` fields.
 
+pub mod engine;
 pub mod extraction;
+pub mod inbound;
 pub mod plan;
 pub mod recorder;
+pub mod speech;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

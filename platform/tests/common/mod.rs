@@ -126,7 +126,7 @@ impl TestServer {
             store: store.clone(),
             clock,
             pricing,
-            carrier: Arc::new(LocalCarrier),
+            carrier: Arc::new(LocalCarrier::default()),
             launcher: call_launcher,
             node_id: "test-node".into(),
         };

@@ -1,0 +1,281 @@
+//! `callingbox serve`: the API, the call workers (the engine on its SIP
+//! socket), and graceful shutdown that lets live calls finish.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use callingbox::api::{self, AppState};
+use callingbox::carrier::{Carrier, LocalCarrier as LocalNumbers, TrunkCarrier};
+use callingbox::clock::{MonotonicClock, SharedClock};
+use callingbox::config::Config;
+use callingbox::dispatch::engine::{EngineTelephony, SpeechStack};
+use callingbox::dispatch::extraction::Extractor;
+use callingbox::dispatch::inbound::InboundRouter;
+use callingbox::dispatch::{CallLauncher, Dispatcher};
+use callingbox::lifecycle;
+use callingbox::store::Store;
+use callingbox_engine::session::MediaWorker;
+use callingbox_engine::transport::sip::{LocalCarrier, Route, SipConfig, SipServer};
+use callingbox_engine::transport::spawn_worker_thread;
+use callingbox_engine::vad::VadBatch;
+
+/// How long live calls may run on after a shutdown signal.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// A running node: its API address, SIP address and the pieces tests and
+/// the demo reach into.
+pub struct Node {
+    /// Where the API listens.
+    pub api: SocketAddr,
+    /// Where SIP listens.
+    pub sip: SocketAddr,
+    /// The database.
+    pub store: Store,
+    /// The local carrier's routes (numbers on loopback).
+    pub carrier: LocalCarrier,
+    /// The calls' dispatcher.
+    pub dispatcher: Arc<Dispatcher>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl Node {
+    /// Stops accepting requests, lets live calls finish (up to `drain`),
+    /// hangs up the rest and waits for the server.
+    pub async fn shutdown(self, drain: Duration) {
+        let _ = self.shutdown.send(true);
+        let left = self.dispatcher.drain(drain).await;
+        if left > 0 {
+            tracing::warn!(left, "hanging up the calls still live after the drain");
+            self.dispatcher.cancel_all();
+            self.dispatcher.drain(Duration::from_secs(10)).await;
+        }
+        let _ = self.server.await;
+        self.store.close().await;
+    }
+}
+
+/// Starts a node on `config` with `stack` (the speech providers).
+pub async fn start_node(
+    config: &Config,
+    stack: SpeechStack,
+    extractor: Arc<dyn Extractor>,
+) -> Result<Node> {
+    let store = Store::open(&config.database_url)
+        .await
+        .with_context(|| format!("opening the database {}", config.database_url))?;
+    let clock: SharedClock = Arc::new(MonotonicClock::default());
+    let pricing = config.pricing();
+    let orphans = lifecycle::fail_orphans(&store, &pricing, &config.node_id, clock.now()).await?;
+    if orphans > 0 {
+        tracing::warn!(
+            orphans,
+            "calls left live by the last run were marked failed"
+        );
+    }
+
+    let vad = VadBatch::load_or_fallback(256);
+    if let Some(reason) = vad.fallback_reason() {
+        tracing::warn!(reason, "Silero VAD unavailable: using the energy detector");
+    }
+    let (worker, _thread) = spawn_worker_thread(MediaWorker::new(vad, None), "media-worker")?;
+
+    let dispatcher_slot: Arc<std::sync::OnceLock<Arc<Dispatcher>>> = Arc::default();
+    let mut sip_config = SipConfig::new(config.sip.listen);
+    sip_config.rtp_ports = config.sip.rtp_ports.0..=config.sip.rtp_ports.1;
+    // The inbound router needs the dispatcher, which needs the SIP dialer:
+    // the router is built from a slot filled right after.
+    let slot = Arc::clone(&dispatcher_slot);
+    let router_parts = (
+        store.clone(),
+        Arc::clone(&clock),
+        pricing,
+        config.node_id.clone(),
+        stack.clone(),
+    );
+    let lazy_router = LazyRouter {
+        slot,
+        parts: std::sync::Mutex::new(Some(router_parts)),
+        router: std::sync::OnceLock::new(),
+    };
+    let sip = SipServer::bind(sip_config, worker, lazy_router)
+        .await
+        .context("binding the SIP socket")?;
+    let sip_addr = sip.local_addr();
+    let carrier = LocalCarrier::new();
+    let telephony = EngineTelephony::new(
+        sip.dialer(),
+        Route::Local(carrier.clone()),
+        stack,
+        Duration::from_secs(30),
+    );
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        Arc::clone(&clock),
+        pricing,
+        Arc::new(telephony),
+        extractor,
+    );
+    let _ = dispatcher_slot.set(Arc::clone(&dispatcher));
+    tokio::spawn(async move {
+        if let Err(err) = sip.run().await {
+            tracing::error!(%err, "the SIP server stopped");
+        }
+    });
+
+    let numbers: Arc<dyn Carrier> = match config.carrier.as_str() {
+        "sip_trunk" => Arc::new(TrunkCarrier {
+            numbers: config.trunk_numbers.clone(),
+        }),
+        _ => Arc::new(LocalNumbers::routed(carrier.clone(), sip_addr)),
+    };
+    // Every number this node sells on the local carrier is answered here.
+    route_local_numbers(&store, &carrier, sip_addr).await?;
+    let launcher: Arc<dyn CallLauncher> = Arc::new(Arc::clone(&dispatcher));
+    let state = AppState {
+        store: store.clone(),
+        clock,
+        pricing,
+        carrier: numbers,
+        launcher,
+        node_id: config.node_id.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the API on {}", config.listen))?;
+    let api_addr = listener.local_addr()?;
+    let (shutdown, mut shutdown_rx) = tokio::sync::watch::channel(false);
+    let app = api::router(state);
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown_rx.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    Ok(Node {
+        api: api_addr,
+        sip: sip_addr,
+        store,
+        carrier,
+        dispatcher,
+        server,
+        shutdown,
+    })
+}
+
+/// Points the local carrier's routes of the node's active local numbers at
+/// its own SIP address.
+pub async fn route_local_numbers(
+    store: &Store,
+    carrier: &LocalCarrier,
+    sip: SocketAddr,
+) -> Result<()> {
+    let numbers: Vec<String> = sqlx::query_scalar(
+        "SELECT e164 FROM phone_numbers WHERE status = 'active' AND carrier = 'local'",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    for number in numbers {
+        let _ = carrier.assign(&number, sip);
+    }
+    Ok(())
+}
+
+/// The inbound router, built on the first INVITE (after the dispatcher).
+struct LazyRouter {
+    slot: Arc<std::sync::OnceLock<Arc<Dispatcher>>>,
+    parts: std::sync::Mutex<
+        Option<(
+            Store,
+            SharedClock,
+            callingbox::billing::Pricing,
+            String,
+            SpeechStack,
+        )>,
+    >,
+    router: std::sync::OnceLock<InboundRouter>,
+}
+
+impl callingbox_engine::transport::sip::SipCallFactory for LazyRouter {
+    fn open_call(
+        &self,
+        call: &callingbox_engine::transport::sip::IncomingCall,
+    ) -> Result<
+        callingbox_engine::transport::sip::SipCallSetup,
+        callingbox_engine::transport::sip::SipCallRefused,
+    > {
+        let unavailable = || callingbox_engine::transport::sip::SipCallRefused {
+            status: 503,
+            reason: "starting".into(),
+        };
+        let router = match self.router.get() {
+            Some(router) => router,
+            None => {
+                let dispatcher = self.slot.get().ok_or_else(unavailable)?;
+                let parts = self
+                    .parts
+                    .lock()
+                    .map_err(|_| unavailable())?
+                    .take()
+                    .ok_or_else(unavailable)?;
+                let (store, clock, pricing, node_id, stack) = parts;
+                let _ = self.router.set(InboundRouter::new(
+                    store,
+                    clock,
+                    pricing,
+                    node_id,
+                    stack,
+                    Arc::clone(dispatcher),
+                ));
+                self.router.get().ok_or_else(unavailable)?
+            }
+        };
+        router.open_call(call)
+    }
+}
+
+/// `callingbox serve`: runs until Ctrl-C or SIGTERM.
+pub async fn run(config: Config) -> Result<()> {
+    let (stack, extractor) = callingbox::dispatch::speech::from_env("en")
+        .await
+        .map_err(|err| anyhow::anyhow!("the speech providers could not start: {err}"))?;
+    let node = start_node(&config, stack, extractor).await?;
+    tracing::info!(api = %node.api, sip = %node.sip, node = config.node_id, "CallingBox is serving");
+    eprintln!(
+        "CallingBox API on http://{}  (SIP on udp {})",
+        node.api, node.sip
+    );
+    shutdown_signal().await;
+    eprintln!(
+        "shutting down: letting live calls finish (up to {} s)",
+        DRAIN.as_secs()
+    );
+    node.shutdown(DRAIN).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

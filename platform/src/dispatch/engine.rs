@@ -1,0 +1,292 @@
+//! The engine as the control plane's [`Telephony`]: outbound calls through
+//! the engine's SIP user agent (the local carrier or a SIP trunk), each
+//! with its own agent loop and recognizer on the shared speech stack, and
+//! the engine's SIP and conversation events mapped to [`LineEvent`]s.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use callingbox_engine::audio::{InboundCodec, OutboundConfig};
+use callingbox_engine::codecs::{G711Law, SampleRate};
+use callingbox_engine::conversation::{AgentLoop, Providers};
+use callingbox_engine::events::CallEvent;
+use callingbox_engine::providers::{AsrProvider, LlmProvider, TtsProvider};
+use callingbox_engine::session::{CallMediaConfig, ConversationLink};
+use callingbox_engine::transport::sip::{
+    OutboundCall, Route, SipCallSetup, SipDialer, SipEnd, SipEvent, call_outcome,
+};
+use callingbox_engine::turns::TurnConfig;
+use callingbox_engine::vad::VadGateConfig;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{CallPlan, LineEnd, LineEvent, Telephony};
+
+/// The models every call shares.
+#[derive(Clone)]
+pub struct SpeechStack {
+    /// The chat model.
+    pub llm: Arc<dyn LlmProvider>,
+    /// The voice.
+    pub tts: Arc<dyn TtsProvider>,
+    /// The recognizer (one session per call).
+    pub asr: Arc<dyn AsrProvider>,
+    /// Let the end-of-turn model decide turns (when it loaded).
+    pub end_of_turn_model: bool,
+}
+
+impl std::fmt::Debug for SpeechStack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpeechStack")
+            .field("end_of_turn_model", &self.end_of_turn_model)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A call's media settings (the SIP layer sets the negotiated G.711 law).
+pub fn call_media(end_of_turn_model: bool) -> CallMediaConfig {
+    CallMediaConfig {
+        inbound: InboundCodec::G711(G711Law::MuLaw),
+        outbound: OutboundConfig::pcmu(SampleRate::Hz16000),
+        gate: VadGateConfig::default(),
+        turns: TurnConfig {
+            use_end_of_turn_model: end_of_turn_model,
+            ..TurnConfig::default()
+        },
+    }
+}
+
+/// A started conversation: what the media side joins, and its events.
+pub struct Conversation {
+    /// The agent loop, recognizer and agent audio.
+    pub link: ConversationLink,
+    /// The agent loop's clock zero.
+    pub epoch: std::time::Instant,
+    /// The conversation's events (segments, tools, metrics, its end).
+    pub events: mpsc::UnboundedReceiver<CallEvent>,
+    /// Stops the recognizer.
+    pub cancel: CancellationToken,
+}
+
+impl SpeechStack {
+    /// Starts `plan`'s agent loop and recognizer.
+    pub fn start_conversation(&self, plan: &CallPlan) -> Result<Conversation, String> {
+        let (audio_tx, agent_audio) = mpsc::channel(64);
+        let providers = Providers {
+            llm: Arc::clone(&self.llm),
+            tts: Arc::clone(&self.tts),
+        };
+        let (agent, events) = AgentLoop::spawn(plan.agent_config(), providers, audio_tx);
+        let cancel = CancellationToken::new();
+        let asr = self
+            .asr
+            .open(cancel.clone())
+            .map_err(|err| format!("the recognizer failed to start: {err}"))?;
+        let epoch = agent
+            .clock()
+            .to_tokio(callingbox_engine::clock::Instant::ZERO)
+            .into_std();
+        Ok(Conversation {
+            link: ConversationLink {
+                agent,
+                asr,
+                agent_audio,
+            },
+            epoch,
+            events,
+            cancel,
+        })
+    }
+}
+
+/// Outbound calls through the engine's SIP user agent.
+pub struct EngineTelephony {
+    dialer: SipDialer,
+    route: Route,
+    stack: SpeechStack,
+    ring_timeout: Duration,
+}
+
+impl std::fmt::Debug for EngineTelephony {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineTelephony")
+            .field("route", &self.route)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineTelephony {
+    /// Calls placed with `dialer` along `route`, on `stack`.
+    pub fn new(
+        dialer: SipDialer,
+        route: Route,
+        stack: SpeechStack,
+        ring_timeout: Duration,
+    ) -> Self {
+        EngineTelephony {
+            dialer,
+            route,
+            stack,
+            ring_timeout,
+        }
+    }
+}
+
+fn failed(code: &str, message: String) -> LineEvent {
+    LineEvent::Ended(LineEnd {
+        status: "failed".into(),
+        answered_by: None,
+        hangup_cause: None,
+        error_code: Some(code.into()),
+        error_message: Some(message),
+    })
+}
+
+impl Telephony for EngineTelephony {
+    fn place(
+        &self,
+        plan: CallPlan,
+        events: mpsc::UnboundedSender<LineEvent>,
+        cancel: CancellationToken,
+    ) {
+        let conversation = match self.stack.start_conversation(&plan) {
+            Ok(conversation) => conversation,
+            Err(message) => {
+                let _ = events.send(failed("provider_error", message));
+                return;
+            }
+        };
+        let (sip_tx, sip_rx) = mpsc::unbounded_channel();
+        let call_cancel = CancellationToken::new();
+        let setup = SipCallSetup {
+            media: call_media(self.stack.end_of_turn_model),
+            link: Some(conversation.link),
+            epoch: conversation.epoch,
+            events: Some(sip_tx),
+            cancel: call_cancel.clone(),
+            tap: None,
+        };
+        let outbound = OutboundCall {
+            to: plan.to_number.clone(),
+            from: plan.from_number.clone(),
+            route: self.route.clone(),
+            setup,
+            ring_timeout: self.ring_timeout,
+        };
+        let dialer = self.dialer.clone();
+        let max_duration = plan.max_duration;
+        let asr_cancel = conversation.cancel;
+        let agent_events = conversation.events;
+        tokio::spawn(async move {
+            let dialed = match dialer.dial(outbound).await {
+                Ok(dialed) => dialed,
+                Err(err) => {
+                    asr_cancel.cancel();
+                    let _ = events.send(failed(
+                        "dial_failed",
+                        format!("the call could not be placed: {err}"),
+                    ));
+                    return;
+                }
+            };
+            let end = follow(sip_rx, agent_events, &events, &cancel, max_duration, || {
+                dialed.hang_up()
+            })
+            .await;
+            asr_cancel.cancel();
+            call_cancel.cancel();
+            let _ = events.send(LineEvent::Ended(end));
+        });
+    }
+}
+
+/// Forwards a call's SIP and conversation events until the call ends;
+/// `hang_up` is pressed on cancel, when the agent ends the call, or at the
+/// maximum duration.
+pub async fn follow(
+    mut sip: mpsc::UnboundedReceiver<SipEvent>,
+    mut agent: mpsc::UnboundedReceiver<CallEvent>,
+    events: &mpsc::UnboundedSender<LineEvent>,
+    cancel: &CancellationToken,
+    max_duration: Duration,
+    hang_up: impl Fn(),
+) -> LineEnd {
+    let mut answered = false;
+    let mut agent_open = true;
+    let mut hung_up = false;
+    let deadline = tokio::time::sleep(max_duration);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            event = sip.recv() => match event {
+                Some(SipEvent::CalleeRinging { .. }) | Some(SipEvent::Ringing(_)) => {
+                    let _ = events.send(LineEvent::Ringing);
+                }
+                Some(SipEvent::Answered) => {
+                    answered = true;
+                    let _ = events.send(LineEvent::Answered { answered_by: Some("human".into()) });
+                }
+                Some(SipEvent::Ended { reason, .. }) => {
+                    // What the agent said last may still be on its stream.
+                    while let Ok(event) = agent.try_recv() {
+                        let _ = events.send(LineEvent::Engine(event));
+                    }
+                    return line_end(&reason, answered);
+                }
+                Some(_) => {}
+                None => {
+                    return LineEnd {
+                        status: if answered { "completed" } else { "failed" }.into(),
+                        answered_by: None,
+                        hangup_cause: Some("media_worker".into()),
+                        error_code: (!answered).then(|| "engine_stopped".into()),
+                        error_message: (!answered).then(|| "the engine stopped reporting on the call".into()),
+                    };
+                }
+            },
+            event = agent.recv(), if agent_open => match event {
+                Some(event) => {
+                    let ended = matches!(event, CallEvent::Ended { .. });
+                    let _ = events.send(LineEvent::Engine(event));
+                    if ended && !hung_up {
+                        hung_up = true;
+                        hang_up();
+                    }
+                }
+                None => agent_open = false,
+            },
+            () = cancel.cancelled(), if !hung_up => {
+                hung_up = true;
+                hang_up();
+            }
+            () = &mut deadline, if !hung_up => {
+                hung_up = true;
+                hang_up();
+            }
+        }
+    }
+}
+
+fn line_end(reason: &SipEnd, answered: bool) -> LineEnd {
+    let result = call_outcome(reason, answered);
+    let status = result.outcome.as_str();
+    let (error_code, error_message) = if status == "failed" {
+        let code = match reason {
+            SipEnd::Refused(code) | SipEnd::Rejected(code) => format!("sip_{code}"),
+            _ => result.hangup_cause.clone(),
+        };
+        (
+            Some(code),
+            Some(format!("the call failed: {}", result.hangup_cause)),
+        )
+    } else {
+        (None, None)
+    };
+    LineEnd {
+        status: status.into(),
+        answered_by: None,
+        hangup_cause: Some(result.hangup_cause),
+        error_code,
+        error_message,
+    }
+}
