@@ -40,7 +40,7 @@ impl CallPlan {
     /// The plan of `call`; fails only if its stored tools do not parse
     /// (they were validated when the call was created).
     pub fn from_call(call: &Call, max_duration: Duration) -> Result<CallPlan, ToolSetParseError> {
-        let tools = ToolSet::from_json(&call.tools().to_string())?;
+        let tools = ToolSet::from_json(&call.tools.to_string())?;
         Ok(CallPlan {
             call_id: call.id.clone(),
             direction: call.direction.clone(),

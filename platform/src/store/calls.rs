@@ -122,9 +122,9 @@ pub struct Call {
     #[serde(skip)]
     #[schema(ignore)]
     pub(crate) org_id: String,
-    #[serde(skip)]
-    #[schema(ignore)]
-    pub(crate) tools: Value,
+    /// The in-call tools the call ran with.
+    #[schema(value_type = Vec<Object>)]
+    pub tools: Value,
     #[serde(skip)]
     #[schema(ignore)]
     pub(crate) hold_milli_cents: i64,
@@ -137,11 +137,6 @@ impl Call {
     /// The organization.
     pub fn org_id(&self) -> &str {
         &self.org_id
-    }
-
-    /// The tools the call's agent may use (a JSON array).
-    pub fn tools(&self) -> &Value {
-        &self.tools
     }
 
     /// The credits held for the call.
