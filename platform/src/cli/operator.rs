@@ -74,8 +74,8 @@ pub async fn list_keys(config: &Config) -> Result<()> {
     let store = open_store(config).await?;
     let now = MonotonicClock::default().now();
     println!(
-        "{:<36}  {:<12}  {:<20}  {:<8}  {:<24}  {}",
-        "ID", "PREFIX", "NAME", "STATE", "CREATED", "ORG"
+        "{:<36}  {:<12}  {:<20}  {:<8}  {:<24}  ORG",
+        "ID", "PREFIX", "NAME", "STATE", "CREATED"
     );
     for key in keys::list(&store, None).await? {
         let state = if key.revoked_at.is_some() {

@@ -184,18 +184,20 @@ pub async fn route_local_numbers(
     Ok(())
 }
 
+/// What the inbound router is built from: store, clock, pricing, node id,
+/// speech stack.
+type RouterParts = (
+    Store,
+    SharedClock,
+    callingbox::billing::Pricing,
+    String,
+    SpeechStack,
+);
+
 /// The inbound router, built on the first INVITE (after the dispatcher).
 struct LazyRouter {
     slot: Arc<std::sync::OnceLock<Arc<Dispatcher>>>,
-    parts: std::sync::Mutex<
-        Option<(
-            Store,
-            SharedClock,
-            callingbox::billing::Pricing,
-            String,
-            SpeechStack,
-        )>,
-    >,
+    parts: std::sync::Mutex<Option<RouterParts>>,
     router: std::sync::OnceLock<InboundRouter>,
 }
 
