@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod dispatch;
 pub mod lifecycle;
+pub mod metrics;
 pub mod store;
 pub mod validate;
 pub mod webhooks;

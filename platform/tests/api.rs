@@ -555,6 +555,18 @@ async fn dispatching_holds_credits_and_records_a_queued_call() {
         for (body, needle) in bad {
             assert_error(&s.call("POST", "/v1/calls", Some(body)).await, 400, needle);
         }
+        // Prometheus sees the queued call.
+        let (status, metrics) = s.call("GET", "/metrics", None).await;
+        assert_eq!(status, 200);
+        let metrics = metrics.as_str().expect("text");
+        assert!(
+            metrics.contains("callingbox_calls{status=\"queued\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("callingbox_turn_latency_seconds_count{stage=\"voice_to_voice\"} 0"),
+            "{metrics}"
+        );
         // Another organization sees none of it.
         let other = s.other_org_key().await;
         assert_error(
@@ -652,6 +664,11 @@ async fn calls_pause_when_credits_cannot_cover_the_hold() {
             402,
             "Calls paused. Your balance is $0.00 but each call requires a $3.00 hold",
         );
+        let (_, usage) = s.call("GET", "/v1/usage", None).await;
+        assert_eq!(usage["held_milli_cents"], 300_000);
+        assert_eq!(usage["available_milli_cents"], 0);
+        assert_eq!(usage["numbers_milli_cents"], 100_000);
+        assert_eq!(usage["credits_added_milli_cents"], 400_000);
         // Canceling the first releases its hold; the next call fits again.
         let id = first["id"].as_str().expect("id");
         let (status, canceled) = s
@@ -917,6 +934,7 @@ async fn the_openapi_document_lists_every_route() {
         ("/v1/calls/{id}", &["get"]),
         ("/v1/calls/{id}/transcript", &["get"]),
         ("/v1/calls/{id}/cancel", &["post"]),
+        ("/v1/usage", &["get"]),
     ];
     let paths = doc["paths"].as_object().expect("paths");
     for (path, methods) in expected {

@@ -125,8 +125,14 @@ async fn server(
         ..Pricing::default()
     };
     let s = TestServer::start_full(backend, url, pricing, move |store, clock| {
-        let dispatcher =
-            Dispatcher::new(store, clock, pricing, telephony, Arc::new(KeywordExtractor));
+        let dispatcher = Dispatcher::new(
+            store,
+            clock,
+            pricing,
+            telephony,
+            Arc::new(KeywordExtractor),
+            Arc::default(),
+        );
         *slot.lock().expect("lock") = Some(Arc::clone(&dispatcher));
         Arc::new(dispatcher) as Arc<dyn CallLauncher>
     })

@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod numbers;
 pub mod pagination;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -43,6 +44,8 @@ pub struct AppState {
     pub launcher: Arc<dyn CallLauncher>,
     /// This serve node's id (calls it runs are stamped with it).
     pub node_id: String,
+    /// The process's metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -89,6 +92,7 @@ pub fn v1_routes() -> OpenApiRouter<AppState> {
         .merge(agents::routes())
         .merge(numbers::routes())
         .merge(calls::routes())
+        .merge(usage::routes())
 }
 
 /// The whole HTTP application.
@@ -96,6 +100,7 @@ pub fn router(state: AppState) -> axum::Router {
     let (v1, openapi) = v1_routes().split_for_parts();
     let openapi = Arc::new(openapi);
     v1.route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route(
             "/openapi.json",
             get(move || {
@@ -124,6 +129,20 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({"status": "unavailable", "error": err.to_string()})),
         ),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> axum::response::Response {
+    match state.metrics.render(&state.store).await {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(err) => ApiError::internal(&err).into_response(),
     }
 }
 

@@ -111,12 +111,14 @@ pub async fn start_node(
         stack,
         Duration::from_secs(30),
     );
+    let metrics = Arc::new(callingbox::metrics::Metrics::default());
     let dispatcher = Dispatcher::new(
         store.clone(),
         Arc::clone(&clock),
         pricing,
         Arc::new(telephony),
         extractor,
+        Arc::clone(&metrics),
     );
     let _ = dispatcher_slot.set(Arc::clone(&dispatcher));
     tokio::spawn(async move {
@@ -141,6 +143,7 @@ pub async fn start_node(
         carrier: numbers,
         launcher,
         node_id: config.node_id.clone(),
+        metrics,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -30,6 +30,7 @@ use recorder::EventRecorder;
 use crate::billing::Pricing;
 use crate::clock::{SharedClock, Timestamp};
 use crate::lifecycle::{self, Finished, Outcome};
+use crate::metrics::Metrics;
 use crate::store::calls::{self, status};
 use crate::store::transcripts;
 use crate::store::{Store, StoreError};
@@ -95,6 +96,7 @@ pub struct Dispatcher {
     pricing: Pricing,
     telephony: Arc<dyn Telephony>,
     extractor: Arc<dyn Extractor>,
+    metrics: Arc<Metrics>,
     live: Mutex<HashMap<String, LiveCall>>,
     idle: tokio::sync::Notify,
 }
@@ -120,6 +122,7 @@ impl Dispatcher {
         pricing: Pricing,
         telephony: Arc<dyn Telephony>,
         extractor: Arc<dyn Extractor>,
+        metrics: Arc<Metrics>,
     ) -> Arc<Dispatcher> {
         Arc::new(Dispatcher {
             store,
@@ -127,6 +130,7 @@ impl Dispatcher {
             pricing,
             telephony,
             extractor,
+            metrics,
             live: Mutex::new(HashMap::new()),
             idle: tokio::sync::Notify::new(),
         })
@@ -306,6 +310,9 @@ impl Dispatcher {
                     recorder = Some(EventRecorder::new(self.store.clone(), call_id, now));
                 }
                 LineEvent::Engine(event) => {
+                    if let CallEvent::TurnMetrics { metrics, .. } = &event {
+                        self.metrics.observe_turn(metrics);
+                    }
                     if let Some(recorder) = recorder.as_mut() {
                         recorder.record(&event).await?;
                     }
@@ -313,6 +320,11 @@ impl Dispatcher {
                 LineEvent::Ended(end) => break end,
             }
         };
+        if end.error_code.as_deref() == Some("provider_error") {
+            self.metrics
+                .provider_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let now = self.clock.now();
         let connected_seconds = answered_at
             .map(|at| (now.0 - at.0).max(0) / 1_000_000)

@@ -129,6 +129,7 @@ impl TestServer {
             carrier: Arc::new(LocalCarrier::default()),
             launcher: call_launcher,
             node_id: "test-node".into(),
+            metrics: Arc::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
