@@ -639,6 +639,7 @@ impl Driver {
                 let (socket, port) = match bound {
                     Ok(bound) => bound,
                     Err(error) => {
+                        discard_setup(*setup);
                         let _ = reply.send(Err(DialError::NoRtpPort(error)));
                         return;
                     }
@@ -737,6 +738,18 @@ fn report_end(events: &Option<mpsc::UnboundedSender<SipEvent>>, reason: SipEnd, 
 /// Stops what a call set up at the INVITE that never got its media.
 fn drop_pending(pending: PendingCall, reason: SipEnd) {
     drop_setup(pending.setup, reason);
+}
+
+/// Stops what the application set up for a call that was never placed
+/// (no [`SipEvent`] is reported: the dial itself failed).
+fn discard_setup(setup: SipCallSetup) {
+    let SipCallSetup { link, cancel, .. } = setup;
+    tokio::spawn(async move {
+        if let Some(link) = link {
+            shut_down(link, EndedBy::System, &SipEnd::Abandoned).await;
+        }
+        cancel.cancel();
+    });
 }
 
 /// Stops what the application set up for a call that never got its media.

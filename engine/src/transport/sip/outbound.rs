@@ -140,7 +140,8 @@ impl SipDialer {
 
     /// Places `call`: resolves its route, binds its RTP port and sends the
     /// INVITE. Returns once the INVITE is out; what happens next arrives on
-    /// `call.setup.events`.
+    /// `call.setup.events`. On an error nothing was sent, no event is
+    /// reported, and the setup's agent is shut down.
     pub async fn dial(&self, call: OutboundCall) -> Result<DialedCall, DialError> {
         let OutboundCall {
             to,
@@ -152,13 +153,20 @@ impl SipDialer {
         // A trunk knows our caller ID in its own domain; local peers in ours.
         let (target, domain, from_domain, credentials) = match route {
             Route::Local(carrier) => {
-                let target = carrier
-                    .resolve(&to)
-                    .ok_or_else(|| DialError::UnknownNumber(to.clone()))?;
+                let Some(target) = carrier.resolve(&to) else {
+                    super::discard_setup(setup);
+                    return Err(DialError::UnknownNumber(to));
+                };
                 (target, target.to_string(), self.local.to_string(), None)
             }
             Route::Trunk(trunk) => {
-                let target = self.resolve(&trunk.host, trunk.port).await?;
+                let target = match self.resolve(&trunk.host, trunk.port).await {
+                    Ok(target) => target,
+                    Err(error) => {
+                        super::discard_setup(setup);
+                        return Err(error);
+                    }
+                };
                 let domain = match (trunk.host.parse::<IpAddr>(), trunk.port) {
                     (Ok(IpAddr::V6(ip)), port) => format!("[{ip}]:{port}"),
                     (_, 5060) => trunk.host.clone(),
@@ -177,13 +185,16 @@ impl SipDialer {
             ring_timeout,
         };
         let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Dial {
-                dial,
-                setup: Box::new(setup),
-                reply,
-            })
-            .map_err(|_| DialError::ServerStopped)?;
+        if let Err(refused) = self.commands.send(Command::Dial {
+            dial,
+            setup: Box::new(setup),
+            reply,
+        }) {
+            if let Command::Dial { setup, .. } = refused.0 {
+                super::discard_setup(*setup);
+            }
+            return Err(DialError::ServerStopped);
+        }
         let (id, call_id) = answer.await.map_err(|_| DialError::ServerStopped)??;
         Ok(DialedCall {
             call: id,
