@@ -23,7 +23,7 @@ use callingbox_engine::providers::{AsrProvider, ProviderError, TtsProvider};
 use callingbox_engine::session::ConversationLink;
 use callingbox_engine::tools::ToolSet;
 use callingbox_engine::transport::sip::{
-    IncomingCall, SipCallFactory, SipCallRefused, SipCallSetup, SipEvent,
+    IncomingCall, SipCallFactory, SipCallRefused, SipCallSetup, SipDialer, SipEvent,
 };
 use futures::stream::BoxStream;
 use tokio::sync::mpsc;
@@ -105,6 +105,7 @@ impl TtsProvider for FixtureVoice {
 /// the other side stops talking, hanging up after the last.
 pub struct SimulatedCallee {
     voice: FixtureVoice,
+    dialer: Arc<std::sync::OnceLock<SipDialer>>,
     lines: Vec<String>,
     runtime: tokio::runtime::Handle,
 }
@@ -117,14 +118,23 @@ impl SimulatedCallee {
         }
         Ok(SimulatedCallee {
             voice,
+            dialer: Arc::default(),
             lines: lines.iter().map(|l| (*l).to_owned()).collect(),
             runtime: tokio::runtime::Handle::current(),
         })
     }
 }
 
+impl SimulatedCallee {
+    /// Where the callee's own SIP server is reached from: set once the server
+    /// is bound, so the callee can hang up after its last line.
+    pub fn dialer_slot(&self) -> Arc<std::sync::OnceLock<SipDialer>> {
+        Arc::clone(&self.dialer)
+    }
+}
+
 impl SipCallFactory for SimulatedCallee {
-    fn open_call(&self, _call: &IncomingCall) -> Result<SipCallSetup, SipCallRefused> {
+    fn open_call(&self, call: &IncomingCall) -> Result<SipCallSetup, SipCallRefused> {
         let refuse = |reason: String| SipCallRefused {
             status: 500,
             reason,
@@ -172,7 +182,18 @@ impl SipCallFactory for SimulatedCallee {
             llm: Arc::new(brain),
             tts: Arc::new(self.voice.clone()),
         };
-        let (agent, _events) = AgentLoop::spawn(config, providers, audio_tx);
+        let (agent, mut agent_events) = AgentLoop::spawn(config, providers, audio_tx);
+        // Its end_call hangs up once the last line was spoken.
+        let (dialer, sip_call) = (Arc::clone(&self.dialer), call.call);
+        tokio::spawn(async move {
+            while let Some(event) = agent_events.recv().await {
+                if matches!(event, callingbox_engine::events::CallEvent::Ended { .. })
+                    && let Some(dialer) = dialer.get()
+                {
+                    dialer.hang_up(sip_call);
+                }
+            }
+        });
         let cancel = CancellationToken::new();
         // The callee does not need to understand the agent: every turn it
         // hears is "(the agent spoke)".

@@ -85,6 +85,7 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     // The callee: a second engine on the local carrier.
     let voice = FixtureVoice::load(&options.fixtures)?;
     let callee = SimulatedCallee::new(voice, &CALLEE_LINES)?;
+    let callee_dialer = callee.dialer_slot();
     let (worker, _thread) = spawn_worker_thread(
         MediaWorker::new(VadBatch::load_or_fallback(4), None),
         "callee-media",
@@ -93,6 +94,7 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     callee_config.rtp_ports = 42_000..=42_199;
     callee_config.numbers = vec![CALLEE.into()];
     let callee_sip = SipServer::bind(callee_config, worker, callee).await?;
+    let _ = callee_dialer.set(callee_sip.dialer());
     node.carrier
         .assign(CALLEE, callee_sip.local_addr())
         .map_err(|e| anyhow::anyhow!("{e}"))?;

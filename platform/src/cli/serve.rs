@@ -95,8 +95,11 @@ pub async fn start_node(
         config.node_id.clone(),
         stack.clone(),
     );
+    let dialer_slot: Arc<std::sync::OnceLock<callingbox_engine::transport::sip::SipDialer>> =
+        Arc::default();
     let lazy_router = LazyRouter {
         slot,
+        dialer: Arc::clone(&dialer_slot),
         parts: std::sync::Mutex::new(Some(router_parts)),
         router: std::sync::OnceLock::new(),
     };
@@ -104,6 +107,7 @@ pub async fn start_node(
         .await
         .context("binding the SIP socket")?;
     let sip_addr = sip.local_addr();
+    let _ = dialer_slot.set(sip.dialer());
     let carrier = LocalCarrier::new();
     let telephony = EngineTelephony::new(
         sip.dialer(),
@@ -200,6 +204,7 @@ type RouterParts = (
 /// The inbound router, built on the first INVITE (after the dispatcher).
 struct LazyRouter {
     slot: Arc<std::sync::OnceLock<Arc<Dispatcher>>>,
+    dialer: Arc<std::sync::OnceLock<callingbox_engine::transport::sip::SipDialer>>,
     parts: std::sync::Mutex<Option<RouterParts>>,
     router: std::sync::OnceLock<InboundRouter>,
 }
@@ -220,6 +225,7 @@ impl callingbox_engine::transport::sip::SipCallFactory for LazyRouter {
             Some(router) => router,
             None => {
                 let dispatcher = self.slot.get().ok_or_else(unavailable)?;
+                let dialer = self.dialer.get().ok_or_else(unavailable)?.clone();
                 let parts = self
                     .parts
                     .lock()
@@ -234,6 +240,7 @@ impl callingbox_engine::transport::sip::SipCallFactory for LazyRouter {
                     node_id,
                     stack,
                     Arc::clone(dispatcher),
+                    dialer,
                 ));
                 self.router.get().ok_or_else(unavailable)?
             }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use callingbox_engine::transport::sip::{
-    IncomingCall, SipCallFactory, SipCallRefused, SipCallSetup,
+    IncomingCall, SipCallFactory, SipCallRefused, SipCallSetup, SipDialer,
 };
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
@@ -29,6 +29,7 @@ pub struct InboundRouter {
     node_id: String,
     stack: SpeechStack,
     dispatcher: Arc<Dispatcher>,
+    dialer: SipDialer,
     runtime: tokio::runtime::Handle,
 }
 
@@ -58,6 +59,7 @@ impl InboundRouter {
         node_id: String,
         stack: SpeechStack,
         dispatcher: Arc<Dispatcher>,
+        dialer: SipDialer,
     ) -> Self {
         InboundRouter {
             store,
@@ -66,6 +68,7 @@ impl InboundRouter {
             node_id,
             stack,
             dispatcher,
+            dialer,
             runtime: tokio::runtime::Handle::current(),
         }
     }
@@ -248,17 +251,24 @@ impl SipCallFactory for InboundRouter {
         let (sip_tx, sip_rx) = mpsc::unbounded_channel();
         let (line_tx, line_rx) = mpsc::unbounded_channel();
         let call_cancel = CancellationToken::new();
-        self.dispatcher
+        let cancel = self
+            .dispatcher
             .run(call_id.clone(), Some(InboundLine { events: line_rx }));
         let asr_cancel = conversation.cancel;
         let agent_events = conversation.events;
         let max_duration = plan.max_duration;
         let done = call_cancel.clone();
+        let (dialer, sip_call) = (self.dialer.clone(), incoming.call);
         self.runtime.spawn(async move {
-            // Inbound calls hang up inside the engine (the agent's end_call,
-            // the turn machine's limits); nothing to press here.
-            let never = CancellationToken::new();
-            let end = follow(sip_rx, agent_events, &line_tx, &never, max_duration, || {}).await;
+            let end = follow(
+                sip_rx,
+                agent_events,
+                &line_tx,
+                &cancel,
+                max_duration,
+                || dialer.hang_up(sip_call),
+            )
+            .await;
             asr_cancel.cancel();
             done.cancel();
             let _ = line_tx.send(super::LineEvent::Ended(end));

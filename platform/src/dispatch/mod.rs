@@ -172,7 +172,12 @@ impl Dispatcher {
 
     /// Runs a call that is already recorded: its plan goes to the
     /// telephony (outbound) or it arrived on one (inbound, `events` given).
-    pub fn run(self: &Arc<Self>, call_id: String, inbound: Option<InboundLine>) {
+    /// Returns the call's cancel token (inbound lines hang up on it).
+    pub fn run(
+        self: &Arc<Self>,
+        call_id: String,
+        inbound: Option<InboundLine>,
+    ) -> CancellationToken {
         let cancel = CancellationToken::new();
         self.live
             .lock()
@@ -185,6 +190,7 @@ impl Dispatcher {
                 },
             );
         let this = Arc::clone(self);
+        let token = cancel.clone();
         tokio::spawn(async move {
             if let Err(err) = this.drive(&call_id, inbound, cancel).await {
                 tracing::error!(call_id, %err, "recording the call failed");
@@ -207,6 +213,7 @@ impl Dispatcher {
                 .remove(&call_id);
             this.idle.notify_waiters();
         });
+        token
     }
 
     async fn drive(
@@ -374,7 +381,7 @@ pub struct InboundLine {
 
 impl CallLauncher for Arc<Dispatcher> {
     fn launch(&self, call_id: &str) {
-        self.run(call_id.to_owned(), None);
+        let _ = self.run(call_id.to_owned(), None);
     }
 
     fn cancel(&self, call_id: &str) -> bool {

@@ -663,8 +663,8 @@ impl Driver {
                     let _ = running.reason.send(SipEnd::HungUp);
                     running.stop.cancel();
                 }
-                let now = self.now();
-                let _ = self.uac.hang_up(now, call);
+                // Outbound: CANCEL or BYE; inbound: BYE.
+                self.hang_up_signalling(call);
             }
         }
     }

@@ -133,6 +133,13 @@ impl DialedCall {
 }
 
 impl SipDialer {
+    /// Hangs up any running call of this server, inbound or outbound (BYE;
+    /// CANCEL for an outbound call still ringing). The end is reported on
+    /// the call's events as usual.
+    pub fn hang_up(&self, call: SipCallId) {
+        let _ = self.commands.send(Command::HangUp(call));
+    }
+
     /// Our SIP address as peers reach it.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
