@@ -305,3 +305,102 @@ async fn a_schema_outside_the_subset_is_refused_before_inference() {
         "{events:?}"
     );
 }
+
+/// Measures load time, time to first token, generation speed and
+/// `complete_json` latency on this machine, cold (nothing cached) and warm
+/// (the prompt's prefix cached). Run alone, on a quiet machine:
+/// `cargo test -p callingbox-engine --test provider_llama -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check: run it by hand on a quiet machine"]
+async fn measure() {
+    for threads in [1, 2] {
+        let mut config = config();
+        config.threads = threads;
+        let started = Instant::now();
+        let llm = LocalLlm::load(config).expect("the model loads");
+        println!("threads {threads}: load {:.0} ms", ms(started.elapsed()));
+        println!(
+            "| case | prompt tok | reused | gen tok | TTFT ms | prefill ms | tok/s | total ms | slow picks |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
+        let mut messages = vec![
+            system("You are the receptionist of the Sunny Hotel. Be brief."),
+            user("Hello, is this the Sunny Hotel?"),
+        ];
+        for case in ["reply, cold", "reply, same again", "reply, next turn"] {
+            if case == "reply, next turn" {
+                messages.push(ChatMessage::Assistant {
+                    content: "Yes, this is the Sunny Hotel.".into(),
+                    tool_calls: vec![],
+                });
+                messages.push(user("Do you have a room for two nights from Friday?"));
+            }
+            let started = Instant::now();
+            let mut stream = llm.stream_chat(LlmRequest {
+                messages: messages.clone(),
+                tools: vec![],
+            });
+            let mut ttft = None;
+            while let Some(event) = stream.next().await {
+                if matches!(event, Ok(LlmEvent::Token(_))) {
+                    ttft.get_or_insert(started.elapsed());
+                }
+            }
+            row(case, &llm, ttft.unwrap_or_default(), started.elapsed());
+        }
+        let request = LlmRequest {
+            messages: vec![
+                system("You are a weather hotline."),
+                user("Hi! What's the weather like in Paris right now, in celsius?"),
+            ],
+            tools: weather_tools(),
+        };
+        for case in ["tool call, cold", "tool call, warm"] {
+            let started = Instant::now();
+            let events = collect(&llm, request.clone()).await;
+            assert!(
+                events
+                    .iter()
+                    .any(|e| matches!(e, Ok(LlmEvent::ToolCall(_))))
+            );
+            row(case, &llm, Duration::ZERO, started.elapsed());
+        }
+        let schema = json!({"type": "object", "properties": {
+            "name": {"type": "string"}, "party_size": {"type": "integer"},
+            "day": {"type": "string"}, "wants_terrace": {"type": "boolean"}},
+            "required": ["name", "party_size", "day", "wants_terrace"]});
+        let transcript = "Caller: Hi, I'd like a table for 6 people on Saturday.\n\
+                          Agent: Certainly. What name?\nCaller: Johnson, on the terrace please.";
+        for case in ["complete_json, cold", "complete_json, warm"] {
+            let started = Instant::now();
+            llm.complete_json("Extract the booking.", transcript, &schema)
+                .await
+                .expect("an answer");
+            row(case, &llm, Duration::ZERO, started.elapsed());
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn row(case: &str, llm: &LocalLlm, ttft: Duration, total: Duration) {
+    let s = llm.last_stats().expect("stats");
+    let rate = if s.generated_tokens > 1 && !s.decode.is_zero() {
+        (s.generated_tokens - 1) as f64 / s.decode.as_secs_f64()
+    } else {
+        0.0
+    };
+    let ttft = if ttft.is_zero() { s.first_token } else { ttft };
+    println!(
+        "| {case} | {} | {} | {} | {:.0} | {:.0} | {rate:.1} | {:.0} | {} |",
+        s.prompt_tokens,
+        s.reused_tokens,
+        s.generated_tokens,
+        ms(ttft),
+        ms(s.prefill),
+        ms(total),
+        s.grammar_fallbacks
+    );
+}

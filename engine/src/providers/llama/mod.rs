@@ -183,6 +183,9 @@ pub struct GenerationStats {
     pub decode: Duration,
     /// Whether generation hit its token limit before the answer ended.
     pub truncated: bool,
+    /// Steps where the model's favourite token broke the grammar, so the
+    /// whole vocabulary had to be filtered (the slow path of sampling).
+    pub grammar_fallbacks: usize,
 }
 
 /// The local llama.cpp model (see the module docs). Cheap to clone.
@@ -581,6 +584,7 @@ fn worker(
         ctx,
         batch: LlamaBatch::new(BATCH as usize, 1),
         cached: Vec::new(),
+        greedy: LlamaSampler::greedy(),
     };
     while let Ok(job) = jobs.recv() {
         // A stream dropped while queued is not worth running.
@@ -604,6 +608,8 @@ struct Engine<'m> {
     batch: LlamaBatch<'static>,
     /// The tokens in the context's cache (sequence 0), in order.
     cached: Vec<LlamaToken>,
+    /// Picks the most likely token (no state).
+    greedy: LlamaSampler,
 }
 
 fn failed(what: &str, error: impl std::fmt::Display) -> ProviderError {
@@ -632,7 +638,8 @@ impl Engine<'_> {
                 // Cancelled: the reader is gone.
                 break;
             }
-            let token = self.pick(&mut sampler, logits_index)?;
+            let (token, fell_back) = self.pick(&mut sampler, logits_index)?;
+            stats.grammar_fallbacks += usize::from(fell_back);
             if vocab.is_eog(token) {
                 break;
             }
@@ -749,27 +756,30 @@ impl Engine<'_> {
     /// The most likely token the grammar allows. The unconstrained best
     /// token is tried first: the grammar usually allows it, and checking one
     /// token is far cheaper than filtering the 262k-token vocabulary.
-    fn pick(&self, grammar: &mut LlamaSampler, index: i32) -> Result<LlamaToken, ProviderError> {
-        let logits = self.ctx.get_logits_ith(index);
-        let best = argmax(logits.iter().copied()).ok_or_else(|| failed("sampling", "no logits"))?;
-        let mut single = LlamaTokenDataArray::new(
-            vec![LlamaTokenData::new(
-                LlamaToken(best as i32),
-                logits[best],
-                0.0,
-            )],
-            false,
-        );
+    /// Returns the token and whether the slow path was taken.
+    fn pick(
+        &mut self,
+        grammar: &mut LlamaSampler,
+        index: i32,
+    ) -> Result<(LlamaToken, bool), ProviderError> {
+        // llama.cpp's greedy sampler scans the logits in optimised C++.
+        let best = self.greedy.sample(&self.ctx, index);
+        let logit = usize::try_from(best.0)
+            .ok()
+            .and_then(|i| self.ctx.get_logits_ith(index).get(i).copied())
+            .ok_or_else(|| failed("sampling", "no logits"))?;
+        let mut single =
+            LlamaTokenDataArray::new(vec![LlamaTokenData::new(best, logit, 0.0)], false);
         grammar.apply(&mut single);
         if single.data[0].logit().is_finite() {
-            return Ok(LlamaToken(best as i32));
+            return Ok((best, false));
         }
         let mut all = self.ctx.token_data_array_ith(index);
         grammar.apply(&mut all);
         let allowed = argmax(all.data.iter().map(LlamaTokenData::logit))
             .filter(|i| all.data[*i].logit().is_finite())
             .ok_or_else(|| failed("sampling", "the grammar allows no token"))?;
-        Ok(all.data[allowed].id())
+        Ok((all.data[allowed].id(), true))
     }
 }
 
