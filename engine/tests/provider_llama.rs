@@ -223,6 +223,41 @@ async fn complete_json_fills_exactly_the_schema() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_supported_type_gives_a_grammar_llama_cpp_accepts_and_a_valid_answer() {
+    let llm = shared();
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "outcome": {"enum": ["booked", "declined", "callback"]},
+            "amount": {"type": ["number", "null"]},
+            "items": {"type": "array", "items": {"type": "string", "maxLength": 30}, "maxItems": 3},
+            "contact": {
+                "type": "object",
+                "properties": {"name": {"type": "string"}, "vip": {"type": "boolean"}},
+                "required": ["name", "vip"]
+            },
+            "nights": {"type": "integer"}
+        },
+        "required": ["outcome", "amount", "items", "contact"]
+    });
+    let transcript = "Caller: I'm Maria Chen. Please book the suite and breakfast for 3 nights.\n\
+                      Agent: Done, that's 450 dollars in total.";
+    let value = llm
+        .complete_json("Record the outcome of the call.", transcript, &schema)
+        .await
+        .expect("an answer");
+    println!("{value}");
+    // Every key, each of its type (`nights` was optional: integer or null).
+    let strict =
+        callingbox_engine::providers::structured::ResultSchema::parse(&schema).expect("schema");
+    assert_eq!(strict.check(&value), Ok(()), "{value}");
+    assert!(
+        value["nights"].is_null() || value["nights"].is_i64(),
+        "{value}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_prompt_prefix_is_reused_and_a_dropped_stream_stops_the_job() {
     // Its own model instance: the shared one's cache and stats change with
     // the other tests.
