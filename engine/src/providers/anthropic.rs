@@ -20,7 +20,10 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 use serde_json::{Value, json};
 
+use futures::future::BoxFuture;
+
 use super::http::{self, Outputs, ReplyFormat, SseEvent, error_text, http_client};
+use super::structured::{ResultSchema, StructuredCompletion, post_json};
 use super::{ChatMessage, LlmEvent, LlmProvider, LlmRequest, ProviderError, ToolCallRequest};
 
 /// How Anthropic's API is reached, and the model to ask.
@@ -173,6 +176,85 @@ impl AnthropicChat {
             body["temperature"] = json!(temperature);
         }
         body
+    }
+}
+
+/// The tool `complete_json` forces the model to call.
+pub const RESULT_TOOL: &str = "record_result";
+
+impl AnthropicChat {
+    /// The JSON body [`StructuredCompletion::complete_json`] sends: the
+    /// instructions as `system`, the material as the user message, and one
+    /// tool ([`RESULT_TOOL`]) whose `input_schema` is the schema's strict
+    /// form, forced through `tool_choice`.
+    pub fn structured_body(&self, system: &str, user: &str, schema: &ResultSchema) -> Value {
+        let mut body = json!({
+            "model": self.config.model,
+            "max_tokens": self.config.max_tokens,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": user}]}],
+            "tools": [{
+                "name": RESULT_TOOL,
+                "description": "Records the result extracted from the text.",
+                "input_schema": schema.strict_json(),
+            }],
+            "tool_choice": {"type": "tool", "name": RESULT_TOOL},
+        });
+        if !system.trim().is_empty() {
+            body["system"] = json!(system);
+        }
+        if let Some(temperature) = self.config.temperature {
+            body["temperature"] = json!(temperature);
+        }
+        body
+    }
+}
+
+/// Structured output through a forced tool call, in one non-streamed
+/// request; the answer is the tool's `input`. The whole exchange must fit in
+/// the first-byte plus the idle timeout. Anthropic does not enforce the
+/// schema, so the answer is checked against it (a mismatch is a
+/// `BadResponse`), as is one cut off by `max_tokens`.
+impl StructuredCompletion for AnthropicChat {
+    fn complete_json(
+        &self,
+        system: &str,
+        user: &str,
+        schema: &Value,
+    ) -> BoxFuture<'static, Result<Value, ProviderError>> {
+        let schema = match ResultSchema::parse(schema) {
+            Ok(schema) => schema,
+            Err(error) => return Box::pin(async move { Err(error.into()) }),
+        };
+        let http = self
+            .client
+            .post(self.config.messages_url())
+            .header("x-api-key", &self.config.api_key)
+            .header("anthropic-version", AnthropicConfig::API_VERSION)
+            .json(&self.structured_body(system, user, &schema));
+        let timeout = self.config.first_byte_timeout + self.config.idle_timeout;
+        Box::pin(async move {
+            let reply = post_json(http, timeout, VENDOR).await?;
+            if reply["stop_reason"] == "max_tokens" {
+                return Err(ProviderError::BadResponse(format!(
+                    "{VENDOR}: the answer was cut off by max_tokens"
+                )));
+            }
+            let input = reply["content"]
+                .as_array()
+                .and_then(|blocks| {
+                    blocks
+                        .iter()
+                        .find(|b| b["type"] == "tool_use" && b["name"] == RESULT_TOOL)
+                })
+                .map(|block| block["input"].clone())
+                .ok_or_else(|| {
+                    ProviderError::BadResponse(format!(
+                        "{VENDOR}: the reply has no {RESULT_TOOL} tool_use block"
+                    ))
+                })?;
+            schema.check_answer(VENDOR, &input)?;
+            Ok(input)
+        })
     }
 }
 

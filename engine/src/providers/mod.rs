@@ -12,11 +12,13 @@ pub mod cartesia;
 pub mod deepgram;
 pub mod elevenlabs;
 mod http;
+pub mod llama;
 pub mod local_whisper;
 pub mod openai_chat;
 pub mod openai_realtime;
 pub mod piper;
 pub mod scripted;
+pub mod structured;
 mod ws;
 
 use std::sync::Arc;
@@ -41,6 +43,10 @@ pub enum ProviderError {
     /// The session was closed (cancelled or ended).
     #[error("provider session closed")]
     Closed,
+    /// The request cannot be served as asked (a schema outside the supported
+    /// subset, a prompt too long for the model); retrying will not help.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
 }
 
 /// A tool call the model asked for.

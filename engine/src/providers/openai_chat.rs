@@ -17,7 +17,10 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 use serde_json::{Value, json};
 
+use futures::future::BoxFuture;
+
 use super::http::{self, Outputs, ReplyFormat, SseEvent, error_text, http_client};
+use super::structured::{ResultSchema, StructuredCompletion, post_json};
 use super::{ChatMessage, LlmEvent, LlmProvider, LlmRequest, ProviderError, ToolCallRequest};
 
 /// How an OpenAI-compatible endpoint is reached, and the model to ask.
@@ -155,6 +158,89 @@ impl OpenAiChat {
             body["temperature"] = json!(temperature);
         }
         body
+    }
+}
+
+impl OpenAiChat {
+    /// The JSON body [`StructuredCompletion::complete_json`] sends: the
+    /// instructions and the material as a system and a user message, and a
+    /// strict `json_schema` response format holding the schema in its
+    /// strict form ([`ResultSchema::strict_json`]).
+    pub fn structured_body(&self, system: &str, user: &str, schema: &ResultSchema) -> Value {
+        let mut body = json!({
+            "model": self.config.model,
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": user},
+            ],
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "result",
+                    "strict": true,
+                    "schema": schema.strict_json(),
+                }
+            },
+        });
+        if let Some(max_tokens) = self.config.max_tokens {
+            body["max_tokens"] = json!(max_tokens);
+        }
+        if let Some(temperature) = self.config.temperature {
+            body["temperature"] = json!(temperature);
+        }
+        body
+    }
+}
+
+/// Structured output through `response_format` `json_schema` with
+/// `strict: true`, in one non-streamed request. The whole exchange must fit
+/// in the first-byte plus the idle timeout. A refusal, an answer cut off by
+/// the token limit, or an answer off the schema is a `BadResponse`.
+impl StructuredCompletion for OpenAiChat {
+    fn complete_json(
+        &self,
+        system: &str,
+        user: &str,
+        schema: &Value,
+    ) -> BoxFuture<'static, Result<Value, ProviderError>> {
+        let schema = match ResultSchema::parse(schema) {
+            Ok(schema) => schema,
+            Err(error) => return Box::pin(async move { Err(error.into()) }),
+        };
+        let mut http = self
+            .client
+            .post(self.config.completions_url())
+            .json(&self.structured_body(system, user, &schema));
+        if let Some(key) = &self.config.api_key {
+            http = http.bearer_auth(key);
+        }
+        let timeout = self.config.first_byte_timeout + self.config.idle_timeout;
+        Box::pin(async move {
+            let reply = post_json(http, timeout, VENDOR).await?;
+            let choice = &reply["choices"][0];
+            let message = &choice["message"];
+            if let Some(refusal) = message["refusal"].as_str() {
+                return Err(ProviderError::BadResponse(format!(
+                    "{VENDOR}: the model refused: {refusal}"
+                )));
+            }
+            if choice["finish_reason"] == "length" {
+                return Err(ProviderError::BadResponse(format!(
+                    "{VENDOR}: the answer was cut off by the token limit"
+                )));
+            }
+            let content = message["content"].as_str().ok_or_else(|| {
+                ProviderError::BadResponse(format!("{VENDOR}: the reply has no message content"))
+            })?;
+            let value: Value = serde_json::from_str(content).map_err(|e| {
+                ProviderError::BadResponse(format!(
+                    "{VENDOR}: the answer is not JSON ({e}): {}",
+                    http::clip(content, 300)
+                ))
+            })?;
+            schema.check_answer(VENDOR, &value)?;
+            Ok(value)
+        })
     }
 }
 

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant as TokioInstant;
 use tokio_util::sync::CancellationToken;
 
+use super::structured::{ResultSchema, StructuredCompletion, fill_missing_nulls};
 use super::{
     AsrEvent, AsrProvider, AsrSession, ChatMessage, LlmEvent, LlmProvider, LlmRequest,
     ProviderError, ToolCallRequest, TtsProvider,
@@ -131,6 +132,17 @@ pub struct LlmCallRecord {
     pub completed_at: Option<TokioInstant>,
 }
 
+/// A structured request the scripted LLM saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonCallRecord {
+    /// The instructions.
+    pub system: String,
+    /// The material.
+    pub user: String,
+    /// The schema as given.
+    pub schema: serde_json::Value,
+}
+
 /// A chat LLM that answers from a script: the first rule whose match fits the
 /// request wins; no match gives an empty reply. Words stream as tokens (each
 /// with its trailing space), the first after `time_to_first_token`, the rest at
@@ -141,6 +153,8 @@ pub struct ScriptedLlm {
     latency: LlmLatency,
     log: Arc<Mutex<Vec<LlmCallRecord>>>,
     next_call_id: Arc<Mutex<u64>>,
+    json_reply: Option<serde_json::Value>,
+    json_log: Arc<Mutex<Vec<JsonCallRecord>>>,
 }
 
 impl ScriptedLlm {
@@ -151,7 +165,23 @@ impl ScriptedLlm {
             latency,
             log: Arc::new(Mutex::new(Vec::new())),
             next_call_id: Arc::new(Mutex::new(0)),
+            json_reply: None,
+            json_log: Arc::new(Mutex::new(Vec::new())),
         }
+    }
+
+    /// Sets the object every `complete_json` answers (after the time to
+    /// first token). Missing nullable properties are filled with `null`;
+    /// the value must otherwise follow the schema asked for, or the call
+    /// fails as a real provider's would.
+    pub fn with_json_reply(mut self, value: serde_json::Value) -> Self {
+        self.json_reply = Some(value);
+        self
+    }
+
+    /// Every `complete_json` request so far.
+    pub fn json_records(&self) -> Vec<JsonCallRecord> {
+        lock(&self.json_log).clone()
     }
 
     /// Every request so far, with its timing.
@@ -236,6 +266,34 @@ impl LlmProvider for ScriptedLlm {
             }
         })
         .boxed()
+    }
+}
+
+impl StructuredCompletion for ScriptedLlm {
+    fn complete_json(
+        &self,
+        system: &str,
+        user: &str,
+        schema: &serde_json::Value,
+    ) -> futures::future::BoxFuture<'static, Result<serde_json::Value, ProviderError>> {
+        lock(&self.json_log).push(JsonCallRecord {
+            system: system.to_owned(),
+            user: user.to_owned(),
+            schema: schema.clone(),
+        });
+        let parsed = ResultSchema::parse(schema);
+        let reply = self.json_reply.clone();
+        let delay = self.latency.time_to_first_token;
+        Box::pin(async move {
+            let schema = parsed?;
+            tokio::time::sleep(delay).await;
+            let mut value = reply.ok_or_else(|| {
+                ProviderError::BadResponse("scripted llm: no JSON reply configured".into())
+            })?;
+            fill_missing_nulls(&schema, &mut value);
+            schema.check_answer("scripted llm", &value)?;
+            Ok(value)
+        })
     }
 }
 

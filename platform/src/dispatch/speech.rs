@@ -1,8 +1,72 @@
-//! temp
-use super::engine::SpeechStack;
-use super::extraction::Extractor;
+//! The speech stack a node runs calls on, chosen from the environment:
+//! cloud providers when their keys are set, else the local ones (the
+//! embedded default, no account anywhere).
+//!
+//! | part | chosen when | provider |
+//! | --- | --- | --- |
+//! | LLM | `LLM_MODEL` set (+ `LLM_BASE_URL`, `LLM_API_KEY`) | OpenAI-compatible chat completions |
+//! | LLM | `ANTHROPIC_API_KEY` set | Anthropic Messages |
+//! | LLM | otherwise | local llama.cpp on the Gemma 3 270M GGUF (a base model: demo and tests) |
+//! | ASR | `DEEPGRAM_API_KEY` set | Deepgram live streaming |
+//! | ASR | otherwise | local Whisper (faster-whisper service) |
+//! | TTS | always | Piper (espeak-ng fallback) |
+//!
+//! Extraction of `returns` uses the same LLM with a JSON schema.
+
 use std::sync::Arc;
-/// temp
-pub async fn from_env(_language: &str) -> Result<(SpeechStack, Arc<dyn Extractor>), String> {
-    Err("temp".into())
+
+use callingbox_engine::providers::anthropic::AnthropicChat;
+use callingbox_engine::providers::deepgram::DeepgramAsr;
+use callingbox_engine::providers::llama::LocalLlm;
+use callingbox_engine::providers::local_whisper::{LocalWhisperAsr, LocalWhisperConfig};
+use callingbox_engine::providers::openai_chat::OpenAiChat;
+use callingbox_engine::providers::piper::PiperTts;
+use callingbox_engine::providers::structured::StructuredCompletion;
+use callingbox_engine::providers::{AsrProvider, LlmProvider};
+use futures::future::BoxFuture;
+use serde_json::Value;
+
+use super::engine::SpeechStack;
+use super::extraction::{Extractor, JsonModel, ModelExtractor};
+
+/// A structured-output model as the extractor uses it.
+pub struct StructuredModel(pub Arc<dyn StructuredCompletion>);
+
+impl JsonModel for StructuredModel {
+    fn complete_json<'a>(&'a self, system: &'a str, user: &'a str, schema: &'a Value) -> BoxFuture<'a, Result<Value, String>> {
+        let request = self.0.complete_json(system, user, schema);
+        Box::pin(async move { request.await.map_err(|err| err.to_string()) })
+    }
+}
+
+/// The node's speech stack and its extractor, from the environment.
+pub async fn from_env(language: &str) -> Result<(SpeechStack, Arc<dyn Extractor>), String> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let (llm, structured): (Arc<dyn LlmProvider>, Arc<dyn StructuredCompletion>) = if var("LLM_MODEL").is_some() {
+        let chat = Arc::new(OpenAiChat::from_env().map_err(|e| format!("LLM (OpenAI-compatible): {e}"))?);
+        (chat.clone(), chat)
+    } else if var("ANTHROPIC_API_KEY").is_some() {
+        let chat = Arc::new(AnthropicChat::from_env().map_err(|e| format!("LLM (Anthropic): {e}"))?);
+        (chat.clone(), chat)
+    } else {
+        let local = tokio::task::spawn_blocking(LocalLlm::load_default)
+            .await
+            .map_err(|e| format!("LLM (local): {e}"))?
+            .map_err(|e| format!("LLM (local): {e}"))?;
+        let local = Arc::new(local);
+        (local.clone(), local)
+    };
+    let asr: Arc<dyn AsrProvider> = if var("DEEPGRAM_API_KEY").is_some() {
+        Arc::new(DeepgramAsr::from_env().map_err(|e| format!("ASR (Deepgram): {e}"))?)
+    } else {
+        let config = LocalWhisperConfig { language: language.into(), ..LocalWhisperConfig::default() };
+        Arc::new(LocalWhisperAsr::start(config).await.map_err(|e| format!("ASR (local Whisper): {e}"))?)
+    };
+    let tts = tokio::task::spawn_blocking(PiperTts::load_or_espeak_fallback)
+        .await
+        .map_err(|e| format!("TTS: {e}"))?
+        .map_err(|e| format!("TTS: {e}"))?;
+    let stack = SpeechStack { llm, tts: Arc::new(tts), asr, end_of_turn_model: false };
+    let extractor: Arc<dyn Extractor> = Arc::new(ModelExtractor::new(StructuredModel(structured)));
+    Ok((stack, extractor))
 }
