@@ -187,6 +187,7 @@ impl SipCallFactory for SimulatedCallee {
         let (dialer, sip_call) = (Arc::clone(&self.dialer), call.call);
         tokio::spawn(async move {
             while let Some(event) = agent_events.recv().await {
+                tracing::debug!(?event, "callee event");
                 if matches!(event, callingbox_engine::events::CallEvent::Ended { .. })
                     && let Some(dialer) = dialer.get()
                 {
@@ -201,7 +202,8 @@ impl SipCallFactory for SimulatedCallee {
             vec!["(the agent spoke)".to_owned(); 64],
             Duration::from_millis(150),
             Duration::from_millis(250),
-        );
+        )
+        .with_silence_peak(2_000);
         let asr = ears
             .open(cancel.clone())
             .map_err(|err| refuse(err.to_string()))?;
@@ -214,6 +216,7 @@ impl SipCallFactory for SimulatedCallee {
         let greeting = greeting.clone();
         tokio::spawn(async move {
             while let Some(event) = events_rx.recv().await {
+                tracing::debug!(?event, "callee SIP event");
                 match event {
                     SipEvent::Answered => greeter.say(&greeting),
                     SipEvent::Ended { .. } => break,

@@ -317,6 +317,7 @@ impl Dispatcher {
                     recorder = Some(EventRecorder::new(self.store.clone(), call_id, now));
                 }
                 LineEvent::Engine(event) => {
+                    tracing::debug!(call_id, ?event, "engine event");
                     if let CallEvent::TurnMetrics { metrics, .. } = &event {
                         self.metrics.observe_turn(metrics);
                     }
