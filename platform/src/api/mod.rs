@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod numbers;
 pub mod pagination;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -89,6 +90,7 @@ pub fn v1_routes() -> OpenApiRouter<AppState> {
         .merge(agents::routes())
         .merge(numbers::routes())
         .merge(calls::routes())
+        .merge(webhooks::routes())
 }
 
 /// The whole HTTP application.
