@@ -380,18 +380,23 @@ pub async fn lease(
         .collect()
 }
 
-/// Gives back the leases `owner` holds on `ids` without an attempt.
+/// Gives back the leases `owner` holds on `ids` without an attempt (one
+/// statement).
 pub async fn release(store: &Store, owner: &str, ids: &[String]) -> Result<(), StoreError> {
-    for id in ids {
-        sqlx::query(
-            "UPDATE webhook_deliveries SET lease_owner = NULL, lease_expires_at = NULL \
-             WHERE id = $1 AND lease_owner = $2",
-        )
-        .bind(id)
-        .bind(owner)
-        .execute(store.pool())
-        .await?;
+    if ids.is_empty() {
+        return Ok(());
     }
+    let marks: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+    let sql = format!(
+        "UPDATE webhook_deliveries SET lease_owner = NULL, lease_expires_at = NULL \
+         WHERE lease_owner = $1 AND id IN ({})",
+        marks.join(", ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(owner);
+    for id in ids {
+        query = query.bind(id);
+    }
+    query.execute(store.pool()).await?;
     Ok(())
 }
 

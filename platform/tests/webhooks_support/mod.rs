@@ -50,8 +50,8 @@ struct Shared {
 }
 
 /// An HTTP receiver on loopback. Paths: `/ok` 200, `/fail` 500 with body
-/// `boom`, `/redirect` 302 to `/ok`, `/slow` 200 after `slow_ms` (default
-/// 3 s), anything else 200.
+/// `boom`, `/redirect` 302 to `/ok`, `/slow...` 200 after `slow_ms`
+/// (default 3 s), anything else 200.
 #[derive(Clone)]
 pub struct Receiver {
     pub base: String,
@@ -81,7 +81,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     let response = match path.as_str() {
         "/fail" => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
         "/redirect" => (StatusCode::FOUND, [(header::LOCATION, "/ok")], "").into_response(),
-        "/slow" => {
+        p if p.starts_with("/slow") => {
             let ms = shared.slow_ms.load(Ordering::SeqCst) as u64;
             tokio::time::sleep(Duration::from_millis(ms)).await;
             (StatusCode::OK, "late").into_response()
