@@ -131,8 +131,12 @@ async fn org_with_endpoints(
 }
 
 fn settings() -> WorkerSettings {
-    // The defaults of `serve`, loopback allowed.
-    WorkerSettings::new("bench-node", true)
+    // The defaults of `serve`, loopback allowed; `--per-destination` and
+    // `--in-flight` override the limits.
+    let mut settings = WorkerSettings::new("bench-node", true);
+    settings.per_destination = arg("--per-destination", settings.per_destination as f64) as usize;
+    settings.max_in_flight = arg("--in-flight", settings.max_in_flight as f64) as usize;
+    settings
 }
 
 /// Deliveries per second of a backlog of `events` events to
@@ -252,6 +256,7 @@ async fn main() {
     if std::env::args().any(|a| a == "--help") {
         println!(
             "webhook_bench [--backlog N (5000)] [--rate EVENTS_PER_S (500)] [--seconds S (10)]\n\
+             [--per-destination N] [--in-flight N] (default: the worker's defaults)\n\
              PostgreSQL: CALLINGBOX_BENCH_POSTGRES_URL or CALLINGBOX_TEST_POSTGRES_URL"
         );
         return;

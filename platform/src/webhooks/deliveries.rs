@@ -1,6 +1,8 @@
 //! The outbox: one delivery row per (event, destination), the leases the
 //! workers take on due rows, and the record of every attempt.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 use utoipa::ToSchema;
@@ -317,49 +319,75 @@ impl Leased {
 }
 
 /// Leases up to `limit` due deliveries to `owner` until `lease_until`,
-/// skipping destinations in `exclude` (at their concurrency limit) and
-/// endpoints that are disabled (their deliveries wait). On PostgreSQL the
-/// rows are picked `FOR UPDATE SKIP LOCKED`, so nodes sharing the database
-/// never lease the same row; on SQLite the write transaction is the lock.
+/// at most `per_destination` per destination counting the `running`
+/// ones, and none of disabled endpoints (their deliveries wait).
+///
+/// Two steps: the due candidates are read (oldest due first, and more
+/// than needed so one busy destination does not fill the batch), picked
+/// per destination, then leased in one write that checks again that each
+/// is still due and unleased. On PostgreSQL that write locks the rows
+/// `FOR UPDATE SKIP LOCKED`, so nodes sharing the database never lease
+/// the same row; on SQLite the write transaction is the lock.
 pub async fn lease(
     store: &Store,
     owner: &str,
     now: Timestamp,
     lease_until: Timestamp,
-    limit: i64,
-    exclude: &[String],
+    limit: usize,
+    running: &HashMap<String, usize>,
+    per_destination: usize,
 ) -> Result<Vec<Leased>, StoreError> {
-    let mut exclusions = String::new();
-    if !exclude.is_empty() {
-        let marks: Vec<String> = (0..exclude.len()).map(|i| format!("${}", i + 4)).collect();
-        exclusions = format!(
-            "AND COALESCE(d.endpoint_id, d.url) NOT IN ({})",
-            marks.join(", ")
-        );
+    if limit == 0 {
+        return Ok(Vec::new());
     }
-    let limit_mark = exclude.len() + 4;
+    let candidates = sqlx::query(
+        "SELECT d.id, COALESCE(d.endpoint_id, d.url) AS destination FROM webhook_deliveries d \
+         WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
+         AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= $1) \
+         AND (d.endpoint_id IS NULL OR d.endpoint_id IN \
+              (SELECT e.id FROM webhook_endpoints e WHERE e.status = 'enabled')) \
+         ORDER BY d.next_attempt_at, d.id LIMIT $2",
+    )
+    .bind(now.0)
+    .bind(i64::try_from(limit.saturating_mul(4).max(32)).unwrap_or(i64::MAX))
+    .fetch_all(store.pool())
+    .await?;
+    let mut counts = running.clone();
+    let mut picked: Vec<String> = Vec::new();
+    for row in &candidates {
+        let destination: String = row.try_get("destination")?;
+        let count = counts.entry(destination).or_default();
+        if *count < per_destination {
+            *count += 1;
+            picked.push(row.try_get("id")?);
+            if picked.len() == limit {
+                break;
+            }
+        }
+    }
+    if picked.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks: Vec<String> = (0..picked.len()).map(|i| format!("${}", i + 4)).collect();
     let lock = match store.backend() {
-        Backend::Postgres => "FOR UPDATE OF d SKIP LOCKED",
+        Backend::Postgres => "FOR UPDATE SKIP LOCKED",
         Backend::Sqlite => "",
     };
     let sql = format!(
         "UPDATE webhook_deliveries SET lease_owner = $1, lease_expires_at = $2 WHERE id IN (\
-         SELECT d.id FROM webhook_deliveries d WHERE d.status = 'pending' AND d.next_attempt_at <= $3 \
-         AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= $3) \
-         AND (d.endpoint_id IS NULL OR d.endpoint_id IN \
-              (SELECT e.id FROM webhook_endpoints e WHERE e.status = 'enabled')) \
-         {exclusions} ORDER BY d.next_attempt_at, d.id LIMIT ${limit_mark} {lock}) \
+         SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= $3 \
+         AND (lease_expires_at IS NULL OR lease_expires_at <= $3) AND id IN ({}) {lock}) \
          RETURNING id, org_id, endpoint_id, call_id, event_type, url, payload, attempt_count, \
-         manual_pending"
+         manual_pending",
+        marks.join(", ")
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(owner)
         .bind(lease_until.0)
         .bind(now.0);
-    for destination in exclude {
-        query = query.bind(destination);
+    for id in &picked {
+        query = query.bind(id);
     }
-    query = query.bind(limit);
     let mut tx = store.begin().await?;
     let rows = query.fetch_all(&mut *tx).await?;
     tx.commit().await?;

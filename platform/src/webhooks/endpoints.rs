@@ -2,6 +2,8 @@
 //! to each enabled endpoint whose `enabled_events` match, signed with the
 //! endpoint's own secret.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 use utoipa::ToSchema;
@@ -315,16 +317,56 @@ pub async fn matching(
     Ok(found)
 }
 
-/// The endpoint's `(status, signing secret)`, whatever its organization
-/// (the worker's view), or `None` if it was deleted.
-pub async fn signing_state(
+/// The `(status, signing secret)` of each endpoint in `ids` that still
+/// exists, whatever its organization (the worker's view, read once per
+/// lease so a rotation applies to every attempt made after it).
+pub async fn signing_states(
     store: &Store,
-    id: &str,
-) -> Result<Option<(String, String)>, StoreError> {
-    let row = sqlx::query("SELECT status, signing_secret FROM webhook_endpoints WHERE id = $1")
-        .bind(id)
-        .fetch_optional(store.pool())
-        .await?;
-    row.map(|r| Ok((r.try_get("status")?, r.try_get("signing_secret")?)))
-        .transpose()
+    ids: &[&str],
+) -> Result<HashMap<String, (String, String)>, StoreError> {
+    let mut found = HashMap::new();
+    if ids.is_empty() {
+        return Ok(found);
+    }
+    let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT id, status, signing_secret FROM webhook_endpoints WHERE id IN ({})",
+        marks.join(", ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for id in ids {
+        query = query.bind(*id);
+    }
+    for row in query.fetch_all(store.pool()).await? {
+        found.insert(
+            row.try_get("id")?,
+            (row.try_get("status")?, row.try_get("signing_secret")?),
+        );
+    }
+    Ok(found)
+}
+
+/// The default signing secret of each organization in `org_ids` (inline
+/// deliveries).
+pub async fn default_secrets(
+    store: &Store,
+    org_ids: &[&str],
+) -> Result<HashMap<String, String>, StoreError> {
+    let mut found = HashMap::new();
+    if org_ids.is_empty() {
+        return Ok(found);
+    }
+    let marks: Vec<String> = (1..=org_ids.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT id, default_webhook_secret FROM organizations WHERE id IN ({})",
+        marks.join(", ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for id in org_ids {
+        query = query.bind(*id);
+    }
+    for row in query.fetch_all(store.pool()).await? {
+        found.insert(row.try_get("id")?, row.try_get("default_webhook_secret")?);
+    }
+    Ok(found)
 }

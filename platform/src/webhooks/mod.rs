@@ -29,7 +29,7 @@ use crate::clock::Timestamp;
 use crate::store::calls::{self, Call};
 use crate::store::{StoreError, new_id};
 
-pub use signature::{SignatureError, sign, signature_header, verify};
+pub use signature::{SignatureError, construct_event, sign, signature_header, verify};
 
 /// The schema version of `data.call` in every envelope.
 pub const API_VERSION: &str = "2026-04";

@@ -63,6 +63,9 @@ pub enum SignatureError {
     /// No `v1` matches.
     #[error("webhook signature mismatch")]
     Mismatch,
+    /// The signature holds but the body is not JSON.
+    #[error("webhook body is not valid JSON: {0}")]
+    InvalidJson(String),
 }
 
 /// Verifies `header` for the raw `body` with `secret` at `now_unix`
@@ -121,6 +124,18 @@ pub fn verify(
     }
 }
 
+/// Verifies like [`verify`] with the default tolerance, then parses the
+/// body: the Rust twin of the Python SDK's `construct_event`.
+pub fn construct_event(
+    secret: &str,
+    header: &str,
+    body: &[u8],
+    now_unix: i64,
+) -> Result<serde_json::Value, SignatureError> {
+    verify(secret, header, body, now_unix, DEFAULT_TOLERANCE_SECONDS)?;
+    serde_json::from_slice(body).map_err(|err| SignatureError::InvalidJson(err.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +181,26 @@ mod tests {
         assert_eq!(
             verify("whsec_other", &header, body, t, 300),
             Err(SignatureError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn construct_event_verifies_then_parses() {
+        let body = br#"{"id":"e1","type":"call.queued"}"#;
+        let header = signature_header(SECRET, 50, body);
+        let event = construct_event(SECRET, &header, body, 60).expect("verifies");
+        assert_eq!(event["id"], "e1");
+        let header = signature_header(SECRET, 50, b"not json");
+        assert!(matches!(
+            construct_event(SECRET, &header, b"not json", 60),
+            Err(SignatureError::InvalidJson(_))
+        ));
+        assert_eq!(
+            construct_event(SECRET, &header, b"not json", 1000),
+            Err(SignatureError::OutsideTolerance {
+                drift: 950,
+                tolerance: 300
+            })
         );
     }
 

@@ -28,7 +28,7 @@ use super::deliveries::{self, AfterAttempt, AttemptResult, Leased};
 use super::sender::{self, BuildError, Sender};
 use super::{endpoints, schedule};
 use crate::clock::SharedClock;
-use crate::store::{Backend, Store, StoreError, orgs};
+use crate::store::{Backend, Store, StoreError};
 
 /// How the worker runs. [`WorkerSettings::new`] has the defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +82,18 @@ struct Inner {
     clock: SharedClock,
     settings: WorkerSettings,
     sender: Sender,
+    /// SQLite: the worker's own writes queue here, in order, instead of
+    /// colliding in SQLite's busy handler (which sleeps for milliseconds).
+    sqlite_writes: Option<tokio::sync::Mutex<()>>,
+}
+
+impl Inner {
+    async fn write_gate(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.sqlite_writes {
+            Some(gate) => Some(gate.lock().await),
+            None => None,
+        }
+    }
 }
 
 /// Leases and delivers; [`spawn`] runs one in the background, tests drive
@@ -150,12 +162,15 @@ impl Dispatcher {
         settings: WorkerSettings,
     ) -> Result<Dispatcher, WorkerError> {
         let sender = Sender::new(settings.timeout, settings.allow_private)?;
+        let sqlite_writes =
+            (store.backend() == Backend::Sqlite).then(|| tokio::sync::Mutex::new(()));
         Ok(Dispatcher {
             inner: Arc::new(Inner {
                 store,
                 clock,
                 settings,
                 sender,
+                sqlite_writes,
             }),
         })
     }
@@ -174,43 +189,59 @@ impl Dispatcher {
         if free == 0 {
             return Ok(false);
         }
-        let exclude: Vec<String> = in_flight
-            .per_destination
-            .iter()
-            .filter(|(_, n)| **n >= settings.per_destination)
-            .map(|(d, _)| d.clone())
-            .collect();
         let now = self.inner.clock.now();
         let lease_until = now.plus_micros(i64::try_from(settings.lease.as_micros()).unwrap_or(0));
-        let leased = deliveries::lease(
-            &self.inner.store,
-            &settings.node_id,
-            now,
-            lease_until,
-            i64::try_from(free).unwrap_or(i64::MAX),
-            &exclude,
-        )
-        .await?;
+        let leased = {
+            let _gate = self.inner.write_gate().await;
+            deliveries::lease(
+                &self.inner.store,
+                &settings.node_id,
+                now,
+                lease_until,
+                free,
+                &in_flight.per_destination,
+                settings.per_destination,
+            )
+            .await?
+        };
         let full = leased.len() >= free;
-        let mut extra = Vec::new();
+        // The secrets, read once for the batch.
+        let mut endpoint_ids: Vec<&str> = leased
+            .iter()
+            .filter_map(|r| r.endpoint_id.as_deref())
+            .collect();
+        endpoint_ids.sort_unstable();
+        endpoint_ids.dedup();
+        let mut org_ids: Vec<&str> = leased
+            .iter()
+            .filter(|r| r.endpoint_id.is_none())
+            .map(|r| r.org_id.as_str())
+            .collect();
+        org_ids.sort_unstable();
+        org_ids.dedup();
+        let endpoint_states = endpoints::signing_states(&self.inner.store, &endpoint_ids).await?;
+        let org_secrets = endpoints::default_secrets(&self.inner.store, &org_ids).await?;
         for row in leased {
+            let signing = match &row.endpoint_id {
+                Some(id) => match endpoint_states.get(id) {
+                    None => Signing::EndpointDeleted,
+                    Some((status, _)) if status != endpoints::ENABLED => Signing::EndpointDisabled,
+                    Some((_, secret)) => Signing::Secret(secret.clone()),
+                },
+                None => match org_secrets.get(&row.org_id) {
+                    Some(secret) => Signing::Secret(secret.clone()),
+                    None => Signing::OrgMissing,
+                },
+            };
             let destination = row.destination().to_owned();
-            let running = in_flight
+            *in_flight
                 .per_destination
                 .entry(destination.clone())
-                .or_default();
-            if *running >= settings.per_destination {
-                extra.push(row.id);
-                continue;
-            }
-            *running += 1;
+                .or_default() += 1;
             let inner = Arc::clone(&self.inner);
             in_flight
                 .tasks
-                .spawn(async move { (destination, attempt(&inner, row).await) });
-        }
-        if !extra.is_empty() {
-            deliveries::release(&self.inner.store, &settings.node_id, &extra).await?;
+                .spawn(async move { (destination, attempt(&inner, row, signing).await) });
         }
         Ok(full)
     }
@@ -276,32 +307,43 @@ impl Dispatcher {
     }
 }
 
+/// What a leased delivery is signed with.
+enum Signing {
+    Secret(String),
+    EndpointDeleted,
+    EndpointDisabled,
+    OrgMissing,
+}
+
 /// One attempt at a leased delivery, recorded.
-async fn attempt(inner: &Inner, leased: Leased) -> Result<AfterAttempt, StoreError> {
+async fn attempt(
+    inner: &Inner,
+    leased: Leased,
+    signing: Signing,
+) -> Result<AfterAttempt, StoreError> {
     let store = &inner.store;
     let owner = &inner.settings.node_id;
-    let secret = match &leased.endpoint_id {
-        Some(endpoint_id) => match endpoints::signing_state(store, endpoint_id).await? {
-            None => {
-                let now = inner.clock.now();
-                deliveries::abandon(store, owner, &leased.id, "endpoint deleted", now).await?;
-                return Ok(AfterAttempt::Exhausted {
-                    endpoint_disabled: false,
-                });
-            }
-            Some((status, _)) if status != endpoints::ENABLED => {
-                // Disabled since the lease: the delivery waits for a re-enable.
-                deliveries::release(store, owner, std::slice::from_ref(&leased.id)).await?;
-                return Ok(AfterAttempt::LeaseLost);
-            }
-            Some((_, secret)) => secret,
-        },
-        None => {
-            let mut conn = store.pool().acquire().await?;
-            orgs::get(&mut conn, &leased.org_id)
-                .await?
-                .ok_or_else(|| StoreError::Corrupt(format!("org {} vanished", leased.org_id)))?
-                .default_webhook_secret
+    let secret = match signing {
+        Signing::Secret(secret) => secret,
+        Signing::EndpointDeleted => {
+            let now = inner.clock.now();
+            let _gate = inner.write_gate().await;
+            deliveries::abandon(store, owner, &leased.id, "endpoint deleted", now).await?;
+            return Ok(AfterAttempt::Exhausted {
+                endpoint_disabled: false,
+            });
+        }
+        Signing::EndpointDisabled => {
+            // Disabled since the lease: the delivery waits for a re-enable.
+            let _gate = inner.write_gate().await;
+            deliveries::release(store, owner, std::slice::from_ref(&leased.id)).await?;
+            return Ok(AfterAttempt::LeaseLost);
+        }
+        Signing::OrgMissing => {
+            return Err(StoreError::Corrupt(format!(
+                "org {} vanished",
+                leased.org_id
+            )));
         }
     };
     let started_at = inner.clock.now();
@@ -327,6 +369,7 @@ async fn attempt(inner: &Inner, leased: Leased) -> Result<AfterAttempt, StoreErr
         error: outcome.error,
         response_excerpt: outcome.excerpt,
     };
+    let gate = inner.write_gate().await;
     let after = deliveries::record_attempt(
         store,
         owner,
@@ -336,6 +379,7 @@ async fn attempt(inner: &Inner, leased: Leased) -> Result<AfterAttempt, StoreErr
         schedule::random_delay_micros,
     )
     .await?;
+    drop(gate);
     if let AfterAttempt::Exhausted {
         endpoint_disabled: true,
     } = after
@@ -345,24 +389,36 @@ async fn attempt(inner: &Inner, leased: Leased) -> Result<AfterAttempt, StoreErr
     Ok(after)
 }
 
-/// The running worker.
+/// The running worker. Dropping it stops the worker too (without waiting);
+/// [`WorkerHandle::shutdown`] waits for the attempts in flight.
 #[derive(Debug)]
 pub struct WorkerHandle {
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
     listener: Option<JoinHandle<()>>,
 }
 
 impl WorkerHandle {
     /// Stops leasing, waits for the attempts in flight (at most the
     /// timeout) and returns.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        if let Some(listener) = self.listener {
+        if let Some(listener) = self.listener.take() {
             listener.abort();
         }
-        if let Err(err) = self.task.await {
+        if let Some(task) = self.task.take()
+            && let Err(err) = task.await
+        {
             tracing::error!(%err, "the webhook worker ended abnormally");
+        }
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(listener) = self.listener.take() {
+            listener.abort();
         }
     }
 }
@@ -394,7 +450,7 @@ pub async fn spawn(
     let task = tokio::spawn(dispatcher.run(stopped));
     Ok(WorkerHandle {
         stop,
-        task,
+        task: Some(task),
         listener,
     })
 }
