@@ -19,7 +19,9 @@ use callingbox::webhooks::schedule::{MAX_ATTEMPTS, RETRY_DELAYS_SECONDS};
 use callingbox::webhooks::signature::{self, DEFAULT_TOLERANCE_SECONDS};
 use callingbox::webhooks::worker::{self, Dispatcher, WorkerSettings};
 use common::database_urls;
-use webhooks_support::{Receiver, default_secret, org, queued_call, resetting_receiver};
+use webhooks_support::{
+    Receiver, default_secret, org, queued_call, queued_call_holding, resetting_receiver,
+};
 
 async fn stores() -> Vec<(&'static str, Store)> {
     let mut stores = Vec::new();
@@ -480,6 +482,7 @@ async fn retries_follow_the_schedule_on_virtual_time_then_exhaust_and_disable_th
 
         // A manual redelivery of an exhausted delivery: one more attempt,
         // not counted in attempt_count; failing again re-exhausts it.
+        clock.advance_micros(60_000_000);
         let mut tx = store.begin().await.expect("tx");
         endpoints::set_enabled(&mut tx, &failing.id, true, clock.now())
             .await
@@ -650,9 +653,14 @@ async fn a_new_event_wakes_the_worker_without_waiting_for_the_poll() {
             .expect("spawns");
         // Let the worker settle into its wait (and PostgreSQL's LISTEN).
         tokio::time::sleep(Duration::from_millis(300)).await;
-        for i in 0..5 {
+        // Many rounds, at varied moments of the worker's loop: a lost wake
+        // shows up as a 60 s wait.
+        for i in 0..20 {
+            tokio::time::sleep(Duration::from_millis((i as u64 * 7) % 23)).await;
             let sent = Instant::now();
-            queued_call(&store, &org_id, None, clock.now()).await;
+            // Every other event commits 30 ms after the worker is woken.
+            let hold = Duration::from_millis(if i % 2 == 0 { 0 } else { 30 });
+            queued_call_holding(&store, &org_id, None, clock.now(), hold).await;
             let hits = receiver
                 .wait_for(&path, i + 1, Duration::from_secs(5))
                 .await;

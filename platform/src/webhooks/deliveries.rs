@@ -322,10 +322,10 @@ impl Leased {
 /// at most `per_destination` per destination counting the `running`
 /// ones, and none of disabled endpoints (their deliveries wait).
 ///
-/// Two steps: the due candidates are read (oldest due first, and more
-/// than needed so one busy destination does not fill the batch), picked
-/// per destination, then leased in one write that checks again that each
-/// is still due and unleased. On PostgreSQL that write locks the rows
+/// Two steps in one transaction: the due candidates are read (oldest due
+/// first, and more than needed so one busy destination does not fill the
+/// batch), picked per destination, then leased by a write that checks
+/// again that each is still due and unleased. On PostgreSQL that write locks the rows
 /// `FOR UPDATE SKIP LOCKED`, so nodes sharing the database never lease
 /// the same row; on SQLite the write transaction is the lock.
 pub async fn lease(
@@ -340,6 +340,10 @@ pub async fn lease(
     if limit == 0 {
         return Ok(Vec::new());
     }
+    // Both steps in one write transaction: on SQLite its BEGIN IMMEDIATE
+    // waits for a transaction that is emitting (and has woken the worker)
+    // to commit, so the candidates include its rows.
+    let mut tx = store.begin().await?;
     let candidates = sqlx::query(
         "SELECT d.id, COALESCE(d.endpoint_id, d.url) AS destination FROM webhook_deliveries d \
          WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
@@ -350,7 +354,7 @@ pub async fn lease(
     )
     .bind(now.0)
     .bind(i64::try_from(limit.saturating_mul(4).max(32)).unwrap_or(i64::MAX))
-    .fetch_all(store.pool())
+    .fetch_all(&mut *tx)
     .await?;
     let mut counts = running.clone();
     let mut picked: Vec<String> = Vec::new();
@@ -366,6 +370,7 @@ pub async fn lease(
         }
     }
     if picked.is_empty() {
+        tx.commit().await?;
         return Ok(Vec::new());
     }
     let marks: Vec<String> = (0..picked.len()).map(|i| format!("${}", i + 4)).collect();
@@ -388,7 +393,6 @@ pub async fn lease(
     for id in &picked {
         query = query.bind(id);
     }
-    let mut tx = store.begin().await?;
     let rows = query.fetch_all(&mut *tx).await?;
     tx.commit().await?;
     rows.iter()

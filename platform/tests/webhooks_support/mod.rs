@@ -206,6 +206,18 @@ pub async fn queued_call(
     webhook_url: Option<&str>,
     now: Timestamp,
 ) -> Call {
+    queued_call_holding(store, org_id, webhook_url, now, Duration::ZERO).await
+}
+
+/// As [`queued_call`], keeping the transaction open for `hold` after the
+/// event is emitted (a woken worker must not miss the row).
+pub async fn queued_call_holding(
+    store: &Store,
+    org_id: &str,
+    webhook_url: Option<&str>,
+    now: Timestamp,
+    hold: Duration,
+) -> Call {
     let id = new_id();
     let new = NewCall {
         id: id.clone(),
@@ -234,6 +246,9 @@ pub async fn queued_call(
     let mut tx = store.begin().await.expect("tx");
     calls::insert(&mut tx, &new, now).await.expect("insert");
     let call = lifecycle::queued(&mut tx, &id, now).await.expect("queued");
+    if !hold.is_zero() {
+        tokio::time::sleep(hold).await;
+    }
     tx.commit().await.expect("commit");
     call
 }
