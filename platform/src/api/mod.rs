@@ -9,6 +9,7 @@ pub mod extract;
 pub mod numbers;
 pub mod pagination;
 pub mod usage;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -93,6 +94,7 @@ pub fn v1_routes() -> OpenApiRouter<AppState> {
         .merge(numbers::routes())
         .merge(calls::routes())
         .merge(usage::routes())
+        .merge(webhooks::routes())
 }
 
 /// The whole HTTP application.
