@@ -39,6 +39,7 @@ pub struct Node {
     pub dispatcher: Arc<Dispatcher>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     shutdown: tokio::sync::watch::Sender<bool>,
+    webhooks: callingbox::webhooks::worker::WorkerHandle,
 }
 
 impl Node {
@@ -53,6 +54,9 @@ impl Node {
             self.dispatcher.drain(Duration::from_secs(10)).await;
         }
         let _ = self.server.await;
+        // Deliveries of the calls' last events go out before the worker stops.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.webhooks.shutdown().await;
         self.store.close().await;
     }
 }
@@ -149,6 +153,16 @@ pub async fn start_node(
         node_id: config.node_id.clone(),
         metrics,
     };
+    let webhooks = callingbox::webhooks::worker::spawn(
+        store.clone(),
+        Arc::clone(&state.clock),
+        callingbox::webhooks::worker::WorkerSettings::new(
+            config.node_id.clone(),
+            config.allow_private_webhooks,
+        ),
+    )
+    .await
+    .context("starting the webhook worker")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding the API on {}", config.listen))?;
@@ -170,6 +184,7 @@ pub async fn start_node(
         dispatcher,
         server,
         shutdown,
+        webhooks,
     })
 }
 

@@ -33,7 +33,12 @@ use super::extraction::{Extractor, JsonModel, ModelExtractor};
 pub struct StructuredModel(pub Arc<dyn StructuredCompletion>);
 
 impl JsonModel for StructuredModel {
-    fn complete_json<'a>(&'a self, system: &'a str, user: &'a str, schema: &'a Value) -> BoxFuture<'a, Result<Value, String>> {
+    fn complete_json<'a>(
+        &'a self,
+        system: &'a str,
+        user: &'a str,
+        schema: &'a Value,
+    ) -> BoxFuture<'a, Result<Value, String>> {
         let request = self.0.complete_json(system, user, schema);
         Box::pin(async move { request.await.map_err(|err| err.to_string()) })
     }
@@ -42,31 +47,47 @@ impl JsonModel for StructuredModel {
 /// The node's speech stack and its extractor, from the environment.
 pub async fn from_env(language: &str) -> Result<(SpeechStack, Arc<dyn Extractor>), String> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    let (llm, structured): (Arc<dyn LlmProvider>, Arc<dyn StructuredCompletion>) = if var("LLM_MODEL").is_some() {
-        let chat = Arc::new(OpenAiChat::from_env().map_err(|e| format!("LLM (OpenAI-compatible): {e}"))?);
-        (chat.clone(), chat)
-    } else if var("ANTHROPIC_API_KEY").is_some() {
-        let chat = Arc::new(AnthropicChat::from_env().map_err(|e| format!("LLM (Anthropic): {e}"))?);
-        (chat.clone(), chat)
-    } else {
-        let local = tokio::task::spawn_blocking(LocalLlm::load_default)
-            .await
-            .map_err(|e| format!("LLM (local): {e}"))?
-            .map_err(|e| format!("LLM (local): {e}"))?;
-        let local = Arc::new(local);
-        (local.clone(), local)
-    };
+    let (llm, structured): (Arc<dyn LlmProvider>, Arc<dyn StructuredCompletion>) =
+        if var("LLM_MODEL").is_some() {
+            let chat = Arc::new(
+                OpenAiChat::from_env().map_err(|e| format!("LLM (OpenAI-compatible): {e}"))?,
+            );
+            (chat.clone(), chat)
+        } else if var("ANTHROPIC_API_KEY").is_some() {
+            let chat =
+                Arc::new(AnthropicChat::from_env().map_err(|e| format!("LLM (Anthropic): {e}"))?);
+            (chat.clone(), chat)
+        } else {
+            let local = tokio::task::spawn_blocking(LocalLlm::load_default)
+                .await
+                .map_err(|e| format!("LLM (local): {e}"))?
+                .map_err(|e| format!("LLM (local): {e}"))?;
+            let local = Arc::new(local);
+            (local.clone(), local)
+        };
     let asr: Arc<dyn AsrProvider> = if var("DEEPGRAM_API_KEY").is_some() {
         Arc::new(DeepgramAsr::from_env().map_err(|e| format!("ASR (Deepgram): {e}"))?)
     } else {
-        let config = LocalWhisperConfig { language: language.into(), ..LocalWhisperConfig::default() };
-        Arc::new(LocalWhisperAsr::start(config).await.map_err(|e| format!("ASR (local Whisper): {e}"))?)
+        let config = LocalWhisperConfig {
+            language: language.into(),
+            ..LocalWhisperConfig::default()
+        };
+        Arc::new(
+            LocalWhisperAsr::start(config)
+                .await
+                .map_err(|e| format!("ASR (local Whisper): {e}"))?,
+        )
     };
     let tts = tokio::task::spawn_blocking(PiperTts::load_or_espeak_fallback)
         .await
         .map_err(|e| format!("TTS: {e}"))?
         .map_err(|e| format!("TTS: {e}"))?;
-    let stack = SpeechStack { llm, tts: Arc::new(tts), asr, end_of_turn_model: false };
+    let stack = SpeechStack {
+        llm,
+        tts: Arc::new(tts),
+        asr,
+        end_of_turn_model: false,
+    };
     let extractor: Arc<dyn Extractor> = Arc::new(ModelExtractor::new(StructuredModel(structured)));
     Ok((stack, extractor))
 }
