@@ -493,6 +493,38 @@ pub async fn record_attempt(
     retry_delay: impl FnOnce(i64) -> Option<i64>,
 ) -> Result<AfterAttempt, StoreError> {
     let mut tx = store.begin().await?;
+    let after = record_in(&mut tx, owner, leased, result, now, retry_delay).await?;
+    tx.commit().await?;
+    Ok(after)
+}
+
+/// Records several attempts as [`record_attempt`] does, in one
+/// transaction (the worker batches the attempts that finish together, so
+/// SQLite's single writer takes one lock for them).
+pub async fn record_attempts(
+    store: &Store,
+    owner: &str,
+    attempts: &[(Leased, AttemptResult)],
+    now: Timestamp,
+    retry_delay: impl Fn(i64) -> Option<i64>,
+) -> Result<Vec<AfterAttempt>, StoreError> {
+    let mut tx = store.begin().await?;
+    let mut afters = Vec::with_capacity(attempts.len());
+    for (leased, result) in attempts {
+        afters.push(record_in(&mut tx, owner, leased, result, now, &retry_delay).await?);
+    }
+    tx.commit().await?;
+    Ok(afters)
+}
+
+async fn record_in(
+    tx: &mut AnyConnection,
+    owner: &str,
+    leased: &Leased,
+    result: &AttemptResult,
+    now: Timestamp,
+    retry_delay: impl FnOnce(i64) -> Option<i64>,
+) -> Result<AfterAttempt, StoreError> {
     sqlx::query(
         "INSERT INTO webhook_attempts (id, delivery_id, manual, node_id, started_at, duration_ms, \
          response_status, error, response_excerpt) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -548,7 +580,6 @@ pub async fn record_attempt(
     .execute(&mut *tx)
     .await?;
     if done.rows_affected() != 1 {
-        tx.commit().await?;
         return Ok(AfterAttempt::LeaseLost);
     }
     let mut after = after;
@@ -591,9 +622,8 @@ pub async fn record_attempt(
             AfterAttempt::Retry(_) => ("pending", result.error.as_deref()),
             _ => ("failed", result.error.as_deref()),
         };
-        calls::set_webhook_status(&mut tx, call_id, webhook_status, error, now).await?;
+        calls::set_webhook_status(tx, call_id, webhook_status, error, now).await?;
     }
-    tx.commit().await?;
     Ok(after)
 }
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::deliveries::{self, AfterAttempt, AttemptResult, Leased};
@@ -77,21 +77,86 @@ pub enum WorkerError {
     Store(#[from] StoreError),
 }
 
+/// SQLite: the worker's own writes queue here, in order, instead of
+/// colliding in SQLite's busy handler (which sleeps for milliseconds).
+type WriteGate = Option<Arc<tokio::sync::Mutex<()>>>;
+
+async fn lock(gate: &WriteGate) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+    match gate {
+        Some(gate) => Some(gate.lock().await),
+        None => None,
+    }
+}
+
+/// An attempt to record, and where its outcome goes.
+type Job = (
+    Leased,
+    AttemptResult,
+    oneshot::Sender<Result<AfterAttempt, String>>,
+);
+
+/// Most attempts recorded in one transaction.
+const RECORD_BATCH: usize = 64;
+
 struct Inner {
     store: Store,
     clock: SharedClock,
     settings: WorkerSettings,
     sender: Sender,
-    /// SQLite: the worker's own writes queue here, in order, instead of
-    /// colliding in SQLite's busy handler (which sleeps for milliseconds).
-    sqlite_writes: Option<tokio::sync::Mutex<()>>,
+    sqlite_writes: WriteGate,
+    recorder: mpsc::Sender<Job>,
 }
 
 impl Inner {
     async fn write_gate(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        match &self.sqlite_writes {
-            Some(gate) => Some(gate.lock().await),
-            None => None,
+        lock(&self.sqlite_writes).await
+    }
+}
+
+/// Records the attempts that finish, those that finished together in one
+/// transaction.
+async fn record_loop(
+    store: Store,
+    clock: SharedClock,
+    owner: String,
+    gate: WriteGate,
+    mut jobs: mpsc::Receiver<Job>,
+) {
+    while let Some(first) = jobs.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < RECORD_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let (items, replies): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|(leased, result, reply)| ((leased, result), reply))
+            .unzip();
+        let recorded = {
+            let _gate = lock(&gate).await;
+            deliveries::record_attempts(
+                &store,
+                &owner,
+                &items,
+                clock.now(),
+                schedule::random_delay_micros,
+            )
+            .await
+        };
+        match recorded {
+            Ok(afters) => {
+                for (reply, after) in replies.into_iter().zip(afters) {
+                    let _ = reply.send(Ok(after));
+                }
+            }
+            Err(err) => {
+                let message = err.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(message.clone()));
+                }
+            }
         }
     }
 }
@@ -113,7 +178,7 @@ impl std::fmt::Debug for Dispatcher {
 
 /// The attempts one dispatcher has in flight.
 struct InFlight {
-    tasks: JoinSet<(String, Result<AfterAttempt, StoreError>)>,
+    tasks: JoinSet<(String, Result<AfterAttempt, String>)>,
     per_destination: HashMap<String, usize>,
 }
 
@@ -127,7 +192,7 @@ impl InFlight {
 
     fn finished(
         &mut self,
-        joined: Result<(String, Result<AfterAttempt, StoreError>), tokio::task::JoinError>,
+        joined: Result<(String, Result<AfterAttempt, String>), tokio::task::JoinError>,
     ) {
         match joined {
             Ok((destination, result)) => {
@@ -155,7 +220,8 @@ impl InFlight {
 }
 
 impl Dispatcher {
-    /// A dispatcher over `store`.
+    /// A dispatcher over `store` (call it inside a tokio runtime: it
+    /// starts the task that records attempts).
     pub fn new(
         store: Store,
         clock: SharedClock,
@@ -163,7 +229,15 @@ impl Dispatcher {
     ) -> Result<Dispatcher, WorkerError> {
         let sender = Sender::new(settings.timeout, settings.allow_private)?;
         let sqlite_writes =
-            (store.backend() == Backend::Sqlite).then(|| tokio::sync::Mutex::new(()));
+            (store.backend() == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
+        let (recorder, jobs) = mpsc::channel(4 * RECORD_BATCH);
+        tokio::spawn(record_loop(
+            store.clone(),
+            Arc::clone(&clock),
+            settings.node_id.clone(),
+            sqlite_writes.clone(),
+            jobs,
+        ));
         Ok(Dispatcher {
             inner: Arc::new(Inner {
                 store,
@@ -171,6 +245,7 @@ impl Dispatcher {
                 settings,
                 sender,
                 sqlite_writes,
+                recorder,
             }),
         })
     }
@@ -316,11 +391,7 @@ enum Signing {
 }
 
 /// One attempt at a leased delivery, recorded.
-async fn attempt(
-    inner: &Inner,
-    leased: Leased,
-    signing: Signing,
-) -> Result<AfterAttempt, StoreError> {
+async fn attempt(inner: &Inner, leased: Leased, signing: Signing) -> Result<AfterAttempt, String> {
     let store = &inner.store;
     let owner = &inner.settings.node_id;
     let secret = match signing {
@@ -328,7 +399,9 @@ async fn attempt(
         Signing::EndpointDeleted => {
             let now = inner.clock.now();
             let _gate = inner.write_gate().await;
-            deliveries::abandon(store, owner, &leased.id, "endpoint deleted", now).await?;
+            deliveries::abandon(store, owner, &leased.id, "endpoint deleted", now)
+                .await
+                .map_err(|e| e.to_string())?;
             return Ok(AfterAttempt::Exhausted {
                 endpoint_disabled: false,
             });
@@ -336,15 +409,12 @@ async fn attempt(
         Signing::EndpointDisabled => {
             // Disabled since the lease: the delivery waits for a re-enable.
             let _gate = inner.write_gate().await;
-            deliveries::release(store, owner, std::slice::from_ref(&leased.id)).await?;
+            deliveries::release(store, owner, std::slice::from_ref(&leased.id))
+                .await
+                .map_err(|e| e.to_string())?;
             return Ok(AfterAttempt::LeaseLost);
         }
-        Signing::OrgMissing => {
-            return Err(StoreError::Corrupt(format!(
-                "org {} vanished",
-                leased.org_id
-            )));
-        }
+        Signing::OrgMissing => return Err(format!("org {} vanished", leased.org_id)),
     };
     let started_at = inner.clock.now();
     let outcome = inner
@@ -369,17 +439,18 @@ async fn attempt(
         error: outcome.error,
         response_excerpt: outcome.excerpt,
     };
-    let gate = inner.write_gate().await;
-    let after = deliveries::record_attempt(
-        store,
-        owner,
-        &leased,
-        &result,
-        inner.clock.now(),
-        schedule::random_delay_micros,
-    )
-    .await?;
-    drop(gate);
+    let (reply, outcome) = oneshot::channel();
+    if inner
+        .recorder
+        .send((leased.clone(), result, reply))
+        .await
+        .is_err()
+    {
+        return Err("the attempt recorder stopped".into());
+    }
+    let after = outcome
+        .await
+        .map_err(|_| "the attempt recorder stopped".to_owned())??;
     if let AfterAttempt::Exhausted {
         endpoint_disabled: true,
     } = after
