@@ -1,21 +1,18 @@
 //! The Anthropic Messages adapter against a local server that replays
 //! recorded `/v1/messages` streams from `fixtures/providers/anthropic`.
 
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::Response;
-use axum::routing::post;
 use callingbox_engine::providers::anthropic::{AnthropicChat, AnthropicConfig};
 use callingbox_engine::providers::{
     ChatMessage, LlmEvent, LlmProvider, LlmRequest, ProviderError, ToolCallRequest, ToolSchema,
 };
 use futures::StreamExt;
-use serde_json::{Value, json};
+mod common;
+
+use common::mock_http::{Reply, Server, serve};
+use serde_json::json;
 
 fn fixture(name: &str) -> String {
     let path = format!(
@@ -23,68 +20,6 @@ fn fixture(name: &str) -> String {
         env!("CARGO_MANIFEST_DIR")
     );
     std::fs::read_to_string(&path).expect("fixture")
-}
-
-#[derive(Clone)]
-enum Reply {
-    Stream(String, usize),
-    Error(StatusCode, String),
-    Hang,
-}
-
-#[derive(Debug, Clone)]
-struct Received {
-    headers: HeaderMap,
-    body: Value,
-}
-
-struct Server {
-    base_url: String,
-    received: Arc<Mutex<Vec<Received>>>,
-}
-
-async fn serve(reply: Reply) -> Server {
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let log = Arc::clone(&received);
-    let handler = move |headers: HeaderMap, body: String| {
-        let log = Arc::clone(&log);
-        let reply = reply.clone();
-        async move {
-            let body = serde_json::from_str(&body).unwrap_or(Value::Null);
-            log.lock().expect("log").push(Received { headers, body });
-            match reply {
-                Reply::Stream(text, chunk) => {
-                    let chunks: Vec<Result<Bytes, Infallible>> = text
-                        .as_bytes()
-                        .chunks(chunk)
-                        .map(|c| Ok(Bytes::copy_from_slice(c)))
-                        .collect();
-                    Response::builder()
-                        .header(header::CONTENT_TYPE, "text/event-stream")
-                        .body(Body::from_stream(futures::stream::iter(chunks)))
-                        .expect("response")
-                }
-                Reply::Error(status, body) => Response::builder()
-                    .status(status)
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .body(Body::from(body))
-                    .expect("response"),
-                Reply::Hang => std::future::pending().await,
-            }
-        }
-    };
-    let app = Router::new().route("/v1/messages", post(handler));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Server {
-        base_url: format!("http://{address}"),
-        received,
-    }
 }
 
 fn provider(server: &Server) -> AnthropicChat {
@@ -113,7 +48,7 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 #[tokio::test]
 async fn a_text_reply_streams_as_tokens_then_done() {
-    let server = serve(Reply::Stream(fixture("text_reply.sse"), 5)).await;
+    let server = serve("/v1/messages", Reply::Stream(fixture("text_reply.sse"), 5)).await;
     let request = LlmRequest {
         messages: vec![
             ChatMessage::System {
@@ -136,7 +71,7 @@ async fn a_text_reply_streams_as_tokens_then_done() {
             Ok(LlmEvent::Done),
         ]
     );
-    let received = server.received.lock().expect("log").clone();
+    let received = server.received();
     assert_eq!(received.len(), 1);
     let headers = &received[0].headers;
     assert_eq!(header_text(headers, "x-api-key"), Some("sk-ant-test"));
@@ -161,7 +96,7 @@ async fn a_text_reply_streams_as_tokens_then_done() {
 
 #[tokio::test]
 async fn tool_use_is_assembled_from_json_deltas_and_results_go_back_as_merged_user_blocks() {
-    let server = serve(Reply::Stream(fixture("tool_use.sse"), 40)).await;
+    let server = serve("/v1/messages", Reply::Stream(fixture("tool_use.sse"), 40)).await;
     let request = LlmRequest {
         messages: vec![
             ChatMessage::System {
@@ -234,7 +169,7 @@ async fn tool_use_is_assembled_from_json_deltas_and_results_go_back_as_merged_us
             Ok(LlmEvent::Done),
         ]
     );
-    let body = &server.received.lock().expect("log")[0].body;
+    let body = &server.received()[0].body;
     assert_eq!(
         body["system"],
         "You book tables.\n\nConfirm before booking."
@@ -275,10 +210,10 @@ async fn tool_use_is_assembled_from_json_deltas_and_results_go_back_as_merged_us
 
 #[tokio::test]
 async fn a_401_is_a_clear_error_with_the_servers_message() {
-    let server = serve(Reply::Error(
-        StatusCode::UNAUTHORIZED,
-        fixture("error_401.json"),
-    ))
+    let server = serve(
+        "/v1/messages",
+        Reply::Error(StatusCode::UNAUTHORIZED, fixture("error_401.json")),
+    )
     .await;
     let events = collect(&provider(&server), LlmRequest::default()).await;
     let [Err(ProviderError::BadResponse(text))] = events.as_slice() else {
@@ -291,7 +226,11 @@ async fn a_401_is_a_clear_error_with_the_servers_message() {
 
 #[tokio::test]
 async fn an_error_event_mid_stream_ends_it_with_the_reason() {
-    let server = serve(Reply::Stream(fixture("overloaded_midstream.sse"), 64)).await;
+    let server = serve(
+        "/v1/messages",
+        Reply::Stream(fixture("overloaded_midstream.sse"), 64),
+    )
+    .await;
     let events = collect(&provider(&server), LlmRequest::default()).await;
     assert_eq!(events[0], Ok(LlmEvent::Token("Let me".into())));
     let [_, Err(ProviderError::Unavailable(text))] = events.as_slice() else {
@@ -305,7 +244,7 @@ async fn an_error_event_mid_stream_ends_it_with_the_reason() {
 async fn an_overloaded_529_is_unavailable() {
     let body = r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
     let status = StatusCode::from_u16(529).expect("status");
-    let server = serve(Reply::Error(status, body.into())).await;
+    let server = serve("/v1/messages", Reply::Error(status, body.into())).await;
     let events = collect(&provider(&server), LlmRequest::default()).await;
     let [Err(ProviderError::Unavailable(text))] = events.as_slice() else {
         panic!("expected one Unavailable, got {events:?}");
@@ -315,7 +254,7 @@ async fn an_overloaded_529_is_unavailable() {
 
 #[tokio::test]
 async fn a_server_that_never_answers_times_out() {
-    let server = serve(Reply::Hang).await;
+    let server = serve("/v1/messages", Reply::Hang).await;
     let mut config = provider(&server).config().clone();
     config.first_byte_timeout = Duration::from_millis(200);
     let provider = AnthropicChat::new(config).expect("provider");
@@ -330,7 +269,7 @@ async fn a_server_that_never_answers_times_out() {
 async fn a_stream_without_message_stop_is_an_error() {
     let full = fixture("tool_use.sse");
     let cut = full[..full.find("event: message_delta").expect("delta")].to_owned();
-    let server = serve(Reply::Stream(cut, 64)).await;
+    let server = serve("/v1/messages", Reply::Stream(cut, 64)).await;
     let events = collect(&provider(&server), LlmRequest::default()).await;
     assert!(
         matches!(events.last(), Some(Err(ProviderError::Unavailable(text))) if text.contains("message_stop")),

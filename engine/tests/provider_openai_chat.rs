@@ -1,21 +1,18 @@
 //! The OpenAI-compatible chat adapter against a local server that replays
 //! recorded `/chat/completions` streams from `fixtures/providers/openai_chat`.
 
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, StatusCode, Uri, header};
-use axum::response::Response;
-use axum::routing::post;
+use axum::http::{StatusCode, header};
 use callingbox_engine::providers::openai_chat::{OpenAiChat, OpenAiChatConfig};
 use callingbox_engine::providers::{
     ChatMessage, LlmEvent, LlmProvider, LlmRequest, ProviderError, ToolCallRequest, ToolSchema,
 };
 use futures::StreamExt;
-use serde_json::{Value, json};
+mod common;
+
+use common::mock_http::{Reply, Server, serve};
+use serde_json::json;
 
 fn fixture(name: &str) -> String {
     let path = format!(
@@ -25,81 +22,12 @@ fn fixture(name: &str) -> String {
     std::fs::read_to_string(&path).expect("fixture")
 }
 
-/// What the fake server answers.
-#[derive(Clone)]
-enum Reply {
-    /// A 200 event stream, sent in chunks of this many bytes.
-    Stream(String, usize),
-    /// An error status with a body.
-    Error(StatusCode, String),
-    /// Never answers.
-    Hang,
-}
-
-/// What the fake server received.
-#[derive(Debug, Clone)]
-struct Received {
-    path: String,
-    headers: HeaderMap,
-    body: Value,
-}
-
-struct Server {
-    base_url: String,
-    received: Arc<Mutex<Vec<Received>>>,
-}
-
-async fn serve(reply: Reply) -> Server {
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let log = Arc::clone(&received);
-    let handler = move |uri: Uri, headers: HeaderMap, body: String| {
-        let log = Arc::clone(&log);
-        let reply = reply.clone();
-        async move {
-            let body = serde_json::from_str(&body).unwrap_or(Value::Null);
-            log.lock().expect("log").push(Received {
-                path: uri.path().to_owned(),
-                headers,
-                body,
-            });
-            match reply {
-                Reply::Stream(text, chunk) => {
-                    let chunks: Vec<Result<Bytes, Infallible>> = text
-                        .as_bytes()
-                        .chunks(chunk)
-                        .map(|c| Ok(Bytes::copy_from_slice(c)))
-                        .collect();
-                    Response::builder()
-                        .header(header::CONTENT_TYPE, "text/event-stream")
-                        .body(Body::from_stream(futures::stream::iter(chunks)))
-                        .expect("response")
-                }
-                Reply::Error(status, body) => Response::builder()
-                    .status(status)
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .body(Body::from(body))
-                    .expect("response"),
-                Reply::Hang => std::future::pending().await,
-            }
-        }
-    };
-    let app = Router::new().route("/v1/chat/completions", post(handler));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Server {
-        base_url: format!("http://{address}/v1"),
-        received,
-    }
-}
-
 fn provider(server: &Server) -> OpenAiChat {
-    let mut config =
-        OpenAiChatConfig::new(&server.base_url, Some("sk-test-key".into()), "gpt-4o-mini");
+    let mut config = OpenAiChatConfig::new(
+        &format!("{}/v1", server.base_url),
+        Some("sk-test-key".into()),
+        "gpt-4o-mini",
+    );
     config.first_byte_timeout = Duration::from_millis(500);
     OpenAiChat::new(config).expect("provider")
 }
@@ -138,7 +66,11 @@ fn booking_tools() -> Vec<ToolSchema> {
 
 #[tokio::test]
 async fn a_text_reply_streams_as_tokens_then_done() {
-    let server = serve(Reply::Stream(fixture("text_reply.sse"), 7)).await;
+    let server = serve(
+        "/v1/chat/completions",
+        Reply::Stream(fixture("text_reply.sse"), 7),
+    )
+    .await;
     let provider = provider(&server);
     let request = LlmRequest {
         messages: vec![
@@ -170,7 +102,7 @@ async fn a_text_reply_streams_as_tokens_then_done() {
             .all(|e| !matches!(e, Ok(LlmEvent::Token(t)) if t.is_empty()))
     );
 
-    let received = server.received.lock().expect("log").clone();
+    let received = server.received();
     assert_eq!(received.len(), 1);
     let request = &received[0];
     assert_eq!(request.path, "/v1/chat/completions");
@@ -196,7 +128,11 @@ async fn a_text_reply_streams_as_tokens_then_done() {
 
 #[tokio::test]
 async fn tool_calls_are_assembled_from_fragments_and_history_is_sent_in_openai_shape() {
-    let server = serve(Reply::Stream(fixture("tool_calls.sse"), 64)).await;
+    let server = serve(
+        "/v1/chat/completions",
+        Reply::Stream(fixture("tool_calls.sse"), 64),
+    )
+    .await;
     let provider = provider(&server);
     let request = LlmRequest {
         messages: vec![
@@ -251,7 +187,7 @@ async fn tool_calls_are_assembled_from_fragments_and_history_is_sent_in_openai_s
         ]
     );
 
-    let received = server.received.lock().expect("log").clone();
+    let received = server.received();
     let body = &received[0].body;
     assert_eq!(
         body["tools"],
@@ -290,10 +226,10 @@ async fn tool_calls_are_assembled_from_fragments_and_history_is_sent_in_openai_s
 
 #[tokio::test]
 async fn a_401_is_a_clear_error_with_the_servers_message() {
-    let server = serve(Reply::Error(
-        StatusCode::UNAUTHORIZED,
-        fixture("error_401.json"),
-    ))
+    let server = serve(
+        "/v1/chat/completions",
+        Reply::Error(StatusCode::UNAUTHORIZED, fixture("error_401.json")),
+    )
     .await;
     let events = collect(&provider(&server), LlmRequest::default()).await;
     assert_eq!(events.len(), 1, "{events:?}");
@@ -307,10 +243,10 @@ async fn a_401_is_a_clear_error_with_the_servers_message() {
 
 #[tokio::test]
 async fn rate_limits_and_server_errors_are_unavailable() {
-    let server = serve(Reply::Error(
-        StatusCode::TOO_MANY_REQUESTS,
-        fixture("error_429.json"),
-    ))
+    let server = serve(
+        "/v1/chat/completions",
+        Reply::Error(StatusCode::TOO_MANY_REQUESTS, fixture("error_429.json")),
+    )
     .await;
     let events = collect(&provider(&server), LlmRequest::default()).await;
     let [Err(ProviderError::Unavailable(text))] = events.as_slice() else {
@@ -319,10 +255,10 @@ async fn rate_limits_and_server_errors_are_unavailable() {
     assert!(text.contains("HTTP 429"), "{text}");
     assert!(text.contains("Rate limit reached"), "{text}");
 
-    let server = serve(Reply::Error(
-        StatusCode::BAD_GATEWAY,
-        "<html>bad gateway</html>".into(),
-    ))
+    let server = serve(
+        "/v1/chat/completions",
+        Reply::Error(StatusCode::BAD_GATEWAY, "<html>bad gateway</html>".into()),
+    )
     .await;
     let events = collect(&provider(&server), LlmRequest::default()).await;
     let [Err(ProviderError::Unavailable(text))] = events.as_slice() else {
@@ -334,7 +270,7 @@ async fn rate_limits_and_server_errors_are_unavailable() {
 
 #[tokio::test]
 async fn a_server_that_never_answers_times_out() {
-    let server = serve(Reply::Hang).await;
+    let server = serve("/v1/chat/completions", Reply::Hang).await;
     let mut config = provider(&server).config().clone();
     config.first_byte_timeout = Duration::from_millis(200);
     let provider = OpenAiChat::new(config).expect("provider");
@@ -350,7 +286,7 @@ async fn a_server_that_never_answers_times_out() {
 async fn a_stream_cut_before_the_finish_is_an_error_not_a_short_reply() {
     let full = fixture("text_reply.sse");
     let cut = full[..full.len() / 2].to_owned();
-    let server = serve(Reply::Stream(cut, 50)).await;
+    let server = serve("/v1/chat/completions", Reply::Stream(cut, 50)).await;
     let events = collect(&provider(&server), LlmRequest::default()).await;
     assert!(
         matches!(events.first(), Some(Ok(LlmEvent::Token(_)))),

@@ -2,81 +2,18 @@
 //! servers that speak each vendor's documented JSON API, asserting the exact
 //! request bodies; and of the scripted LLM.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Body;
-use axum::http::{HeaderMap, StatusCode, Uri, header};
-use axum::response::Response;
-use axum::routing::post;
+use axum::http::{StatusCode, header};
 use callingbox_engine::providers::ProviderError;
 use callingbox_engine::providers::anthropic::{AnthropicChat, AnthropicConfig, RESULT_TOOL};
 use callingbox_engine::providers::openai_chat::{OpenAiChat, OpenAiChatConfig};
 use callingbox_engine::providers::scripted::{LlmLatency, ScriptedLlm};
 use callingbox_engine::providers::structured::StructuredCompletion;
+mod common;
+
+use common::mock_http::{Reply, Server, serve};
 use serde_json::{Value, json};
-
-/// What the fake server answers.
-#[derive(Clone)]
-enum Reply {
-    Json(StatusCode, Value),
-    Hang,
-}
-
-#[derive(Debug, Clone)]
-struct Received {
-    path: String,
-    headers: HeaderMap,
-    body: Value,
-}
-
-struct Server {
-    base_url: String,
-    received: Arc<Mutex<Vec<Received>>>,
-}
-
-impl Server {
-    fn received(&self) -> Vec<Received> {
-        self.received.lock().expect("log").clone()
-    }
-}
-
-async fn serve(path: &'static str, reply: Reply) -> Server {
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let log = Arc::clone(&received);
-    let handler = move |uri: Uri, headers: HeaderMap, body: String| {
-        let log = Arc::clone(&log);
-        let reply = reply.clone();
-        async move {
-            log.lock().expect("log").push(Received {
-                path: uri.path().to_owned(),
-                headers,
-                body: serde_json::from_str(&body).unwrap_or(Value::Null),
-            });
-            match reply {
-                Reply::Json(status, body) => Response::builder()
-                    .status(status)
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .body(Body::from(body.to_string()))
-                    .expect("response"),
-                Reply::Hang => std::future::pending().await,
-            }
-        }
-    };
-    let app = Router::new().route(path, post(handler));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Server {
-        base_url: format!("http://{address}"),
-        received,
-    }
-}
 
 /// The schema the control plane might send for a call's `returns`:
 /// `callback_time` is optional.

@@ -2,5 +2,6 @@
 // Each test crate that includes these uses only part of them.
 #![allow(dead_code)]
 
+pub mod mock_http;
 pub mod mock_vendor;
 pub mod scripted_call;
