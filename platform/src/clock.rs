@@ -29,6 +29,17 @@ impl Timestamp {
         self.plus_micros(seconds.saturating_mul(1_000_000))
     }
 
+    /// The first instant of this timestamp's month (UTC).
+    pub fn month_start(self) -> Timestamp {
+        let at = OffsetDateTime::from_unix_timestamp(self.unix_seconds())
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let start = at
+            .replace_day(1)
+            .map(|d| d.replace_time(time::Time::MIDNIGHT))
+            .unwrap_or(at);
+        Timestamp(start.unix_timestamp() * 1_000_000)
+    }
+
     /// Parses an RFC 3339 date-time (as the API accepts it).
     pub fn parse_rfc3339(text: &str) -> Option<Timestamp> {
         let at = OffsetDateTime::parse(text, &Rfc3339).ok()?;
@@ -150,6 +161,7 @@ mod tests {
         assert_eq!(back, Timestamp(1_776_261_600_123_000));
         assert_eq!(Timestamp(0).to_rfc3339(), "1970-01-01T00:00:00.000Z");
         assert!(Timestamp::parse_rfc3339("yesterday").is_none());
+        assert_eq!(at.month_start().to_rfc3339(), "2026-04-01T00:00:00.000Z");
     }
 
     #[test]

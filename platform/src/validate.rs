@@ -1,28 +1,24 @@
 //! Field validation shared by the API's resources. Each check returns the
 //! message the client sees in `{"error": ...}`.
 
+use callingbox_engine::tools::{END_CALL, MAX_TOOLS};
 use serde_json::{Map, Value};
 
-/// Most tools an agent (or a prompt-era call) may carry.
-pub const MAX_TOOLS: usize = 16;
 /// Most fields a `returns` schema may have.
 pub const MAX_RETURNS_FIELDS: usize = 50;
 /// The `returns` field types extraction can produce.
 pub const RETURNS_TYPES: [&str; 4] = ["string", "number", "integer", "boolean"];
 /// The built-in tools the engine runs.
-pub const BUILTIN_TOOLS: [&str; 1] = ["end_call"];
+pub const BUILTIN_TOOLS: [&str; 1] = [END_CALL];
 /// The languages calls can be held in (BCP-47 primary subtags).
 pub const LANGUAGES: [&str; 2] = ["en", "es"];
 /// What an agent does when a machine answers.
 pub const VOICEMAIL_ACTIONS: [&str; 2] = ["hangup", "leave_message"];
 
-/// `value` is an E.164 number: `+`, a non-zero digit, at most 15 digits.
+/// `value` is an E.164 number (the engine's rule: `+`, 1-15 digits, the
+/// first not 0).
 pub fn e164(field: &str, value: &str) -> Result<(), String> {
-    let digits = value.strip_prefix('+').unwrap_or("");
-    let ok = (2..=15).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && !digits.starts_with('0');
-    if ok {
+    if callingbox_engine::transport::sip::carrier::is_e164(value) {
         Ok(())
     } else {
         Err(format!(
@@ -299,7 +295,7 @@ mod tests {
         for bad in [
             "15551234567",
             "+0555",
-            "+1",
+            "+",
             "+1555123456789012",
             "+1 555",
             "",

@@ -168,7 +168,7 @@ async fn create_agent(
         agents::update(&mut tx, &id, &AgentFields::from(&agent), now).await?;
     }
     let agent = reload(&mut tx, &caller.org_id, &id).await?;
-    tx.commit().await.map_err(|e| ApiError::internal(&e))?;
+    tx.commit().await?;
     Ok((StatusCode::CREATED, Json(agent)))
 }
 
@@ -236,12 +236,7 @@ async fn get_agent(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Agent>> {
-    let mut conn = state
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+    let mut conn = state.store.pool().acquire().await?;
     let agent = if is_uuid(&id) {
         agents::get(&mut conn, &caller.org_id, &id).await?
     } else {
@@ -282,7 +277,7 @@ async fn update_agent(
     check_fields(&fields)?;
     agents::update(&mut tx, &id, &fields, now).await?;
     let agent = reload(&mut tx, &caller.org_id, &id).await?;
-    tx.commit().await.map_err(|e| ApiError::internal(&e))?;
+    tx.commit().await?;
     Ok(Json(agent))
 }
 
@@ -362,7 +357,7 @@ async fn archive_agent(
         agents::archive(&mut tx, &id, now).await?;
     }
     let agent = reload(&mut tx, &caller.org_id, &id).await?;
-    tx.commit().await.map_err(|e| ApiError::internal(&e))?;
+    tx.commit().await?;
     Ok(Json(agent))
 }
 
@@ -398,7 +393,7 @@ async fn attach_number(
         agents::update(&mut tx, &id, &AgentFields::from(&agent), now).await?;
     }
     let agent = reload(&mut tx, &caller.org_id, &id).await?;
-    tx.commit().await.map_err(|e| ApiError::internal(&e))?;
+    tx.commit().await?;
     Ok(Json(agent))
 }
 
@@ -429,7 +424,7 @@ async fn detach_number(
         agents::update(&mut tx, &id, &AgentFields::from(&agent), now).await?;
     }
     let agent = reload(&mut tx, &caller.org_id, &id).await?;
-    tx.commit().await.map_err(|e| ApiError::internal(&e))?;
+    tx.commit().await?;
     Ok(Json(agent))
 }
 
@@ -463,6 +458,6 @@ async fn set_primary_number(
     agent.primary_number_id = Some(body.number_id);
     agents::update(&mut tx, &id, &AgentFields::from(&agent), now).await?;
     let agent = reload(&mut tx, &caller.org_id, &id).await?;
-    tx.commit().await.map_err(|e| ApiError::internal(&e))?;
+    tx.commit().await?;
     Ok(Json(agent))
 }

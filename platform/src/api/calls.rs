@@ -10,7 +10,6 @@
 //! for another body.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -22,13 +21,13 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody};
-use super::extract::{ApiQuery, Caller, parse_json_body};
+use super::extract::{ApiJson, ApiQuery, Caller};
 use super::pagination::{ListPage, PageParams};
 use crate::billing::calls_paused_message;
 use crate::lifecycle;
 use crate::store::calls::{self, Call, CallFilter, NewCall, status};
 use crate::store::transcripts::{self, Segment};
-use crate::store::{agents, is_uuid, ledger, new_id, numbers, orgs};
+use crate::store::{Listing, agents, is_uuid, ledger, new_id, numbers, orgs};
 use crate::validate;
 
 /// The prompt-era default prompt.
@@ -108,23 +107,8 @@ async fn create_call(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    body: Bytes,
+    ApiJson(fields): ApiJson<Map<String, Value>>,
 ) -> ApiResult<(StatusCode, Json<Call>)> {
-    let is_json = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        });
-    if !is_json {
-        return Err(ApiError {
-            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            message: "the body must be JSON: send Content-Type: application/json".into(),
-        });
-    }
-    let fields: Map<String, Value> = parse_json_body(&body)?;
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
@@ -178,12 +162,7 @@ async fn create_call(
         Err(err) if err.is_unique_violation() && idempotency_key.is_some() => {
             // A concurrent request with the same key won the race.
             drop(tx);
-            let mut conn = state
-                .store
-                .pool()
-                .acquire()
-                .await
-                .map_err(|e| ApiError::internal(&e))?;
+            let mut conn = state.store.pool().acquire().await?;
             let key = idempotency_key.unwrap_or_default();
             let existing = calls::find_by_idempotency_key(&mut conn, &caller.org_id, &key)
                 .await?
@@ -193,7 +172,7 @@ async fn create_call(
         Err(err) => return Err(err.into()),
     }
     let call = lifecycle::queued(&mut tx, &call_id, now).await?;
-    tx.commit().await.map_err(|e| ApiError::internal(&e))?;
+    tx.commit().await?;
     state.launcher.launch(&call.id);
     Ok((StatusCode::CREATED, Json(call)))
 }
@@ -460,10 +439,7 @@ async fn list_calls(
         }
     }
     let cursor = page
-        .cursor(|id| {
-            let (store, org) = (&state.store, &caller.org_id);
-            async move { calls::cursor_anchor(store, org, &id).await }
-        })
+        .cursor(&state.store, Listing::Calls, &caller.org_id)
         .await?;
     let filter = CallFilter {
         agent_id: params.agent_id,
@@ -482,12 +458,7 @@ async fn load_call(state: &AppState, caller: &Caller, id: &str) -> Result<Call, 
     if !is_uuid(id) {
         return Err(not_found());
     }
-    let mut conn = state
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+    let mut conn = state.store.pool().acquire().await?;
     calls::get(&mut conn, &caller.org_id, id)
         .await?
         .ok_or_else(not_found)
@@ -522,12 +493,7 @@ async fn get_transcript(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Transcript>> {
     let call = load_call(&state, &caller, &id).await?;
-    let mut conn = state
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+    let mut conn = state.store.pool().acquire().await?;
     let segments = transcripts::list(&mut conn, &call.id).await?;
     Ok(Json(Transcript {
         call_id: call.id,

@@ -17,7 +17,7 @@ use super::pagination::{ListPage, PageParams};
 use crate::billing::dollars;
 use crate::carrier::{AvailableNumber, NumberQuery};
 use crate::store::numbers::{self, InboundConfig, NewNumber, PhoneNumber};
-use crate::store::{is_uuid, ledger};
+use crate::store::{Listing, is_uuid, ledger};
 use crate::validate;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -39,10 +39,7 @@ async fn list_numbers(
 ) -> ApiResult<Json<ListPage<PhoneNumber>>> {
     let limit = params.limit()?;
     let cursor = params
-        .cursor(|id| {
-            let (store, org) = (&state.store, &caller.org_id);
-            async move { numbers::cursor_anchor(store, org, &id).await }
-        })
+        .cursor(&state.store, Listing::PhoneNumbers, &caller.org_id)
         .await?;
     let page = numbers::list(&state.store, &caller.org_id, &cursor, limit).await?;
     Ok(Json(ListPage {
@@ -113,8 +110,7 @@ async fn search_available(
     let taken: Vec<String> =
         sqlx::query_scalar("SELECT e164 FROM phone_numbers WHERE status = 'active'")
             .fetch_all(state.store.pool())
-            .await
-            .map_err(|err| ApiError::internal(&err))?;
+            .await?;
     let found = state
         .carrier
         .search(&query, &|n| taken.iter().any(|t| t == n));
@@ -183,7 +179,7 @@ async fn purchase(
             dollars(price)
         )));
     }
-    tx.commit().await.map_err(|err| ApiError::internal(&err))?;
+    tx.commit().await?;
     state.carrier.provision(&number.e164);
     Ok((StatusCode::CREATED, Json(number)))
 }
@@ -197,12 +193,7 @@ async fn get_number(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<PhoneNumber>> {
-    let mut conn = state
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+    let mut conn = state.store.pool().acquire().await?;
     let number = if is_uuid(&id) {
         numbers::get(&mut conn, &caller.org_id, &id).await?
     } else {
@@ -293,6 +284,6 @@ async fn update_inbound(
     let number = numbers::get(&mut tx, &caller.org_id, &id)
         .await?
         .ok_or_else(not_found)?;
-    tx.commit().await.map_err(|err| ApiError::internal(&err))?;
+    tx.commit().await?;
     Ok(Json(number))
 }

@@ -6,8 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::ApiError;
-use crate::clock::Timestamp;
-use crate::store::Cursor;
+use crate::store::{Cursor, Listing, Store, cursor_anchor};
 
 /// Default page size.
 pub const DEFAULT_LIMIT: i64 = 10;
@@ -47,39 +46,40 @@ impl PageParams {
         Ok(limit)
     }
 
-    /// Resolves the cursor with `anchor` (the `(time, id)` of an id in this
-    /// organization); an unknown id is a 400 naming it.
-    pub async fn cursor<F, Fut>(&self, anchor: F) -> Result<Cursor, ApiError>
-    where
-        F: FnOnce(String) -> Fut,
-        Fut: Future<Output = Result<Option<(Timestamp, String)>, crate::store::StoreError>>,
-    {
+    /// Resolves the cursor against `listing` in `org_id`; an id not in
+    /// that list is a 400 naming it.
+    pub async fn cursor(
+        &self,
+        store: &Store,
+        listing: Listing,
+        org_id: &str,
+    ) -> Result<Cursor, ApiError> {
+        let anchor = |name: &'static str, id: &str| {
+            let id = id.to_owned();
+            async move {
+                if !crate::store::is_uuid(&id) {
+                    return Err(ApiError::bad_request(format!("{name} {id:?} is not an id")));
+                }
+                cursor_anchor(store, listing, org_id, &id)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("{name} {id:?} is not an id in this list"))
+                    })
+            }
+        };
         match (&self.starting_after, &self.ending_before) {
             (Some(_), Some(_)) => Err(ApiError::bad_request(
                 "send starting_after or ending_before, not both",
             )),
             (None, None) => Ok(Cursor::Start),
             (Some(id), None) => {
-                let (at, id) = resolve(id, anchor, "starting_after").await?;
+                let (at, id) = anchor("starting_after", id).await?;
                 Ok(Cursor::After(at, id))
             }
             (None, Some(id)) => {
-                let (at, id) = resolve(id, anchor, "ending_before").await?;
+                let (at, id) = anchor("ending_before", id).await?;
                 Ok(Cursor::Before(at, id))
             }
         }
     }
-}
-
-async fn resolve<F, Fut>(id: &str, anchor: F, name: &str) -> Result<(Timestamp, String), ApiError>
-where
-    F: FnOnce(String) -> Fut,
-    Fut: Future<Output = Result<Option<(Timestamp, String)>, crate::store::StoreError>>,
-{
-    if !crate::store::is_uuid(id) {
-        return Err(ApiError::bad_request(format!("{name} {id:?} is not an id")));
-    }
-    anchor(id.to_owned())
-        .await?
-        .ok_or_else(|| ApiError::bad_request(format!("{name} {id:?} is not an id in this list")))
 }

@@ -50,16 +50,6 @@ struct Usage {
     credits_added_milli_cents: i64,
 }
 
-fn month_start(now: Timestamp) -> Timestamp {
-    let at = time::OffsetDateTime::from_unix_timestamp(now.unix_seconds())
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let start = at
-        .replace_day(1)
-        .map(|d| d.replace_time(time::Time::MIDNIGHT))
-        .unwrap_or(at);
-    Timestamp(start.unix_timestamp() * 1_000_000)
-}
-
 /// Balance, holds and usage (extension).
 #[utoipa::path(get, path = "/v1/usage", tag = "billing", params(UsageParams),
     responses((status = 200, body = Usage), (status = 400, body = ErrorBody)))]
@@ -72,14 +62,9 @@ async fn get_usage(
         Some(text) => Timestamp::parse_rfc3339(text).ok_or_else(|| {
             ApiError::bad_request(format!("since must be an RFC 3339 date-time, got {text:?}"))
         })?,
-        None => month_start(state.clock.now()),
+        None => state.clock.now().month_start(),
     };
-    let mut conn = state
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+    let mut conn = state.store.pool().acquire().await?;
     let org = orgs::get(&mut conn, &caller.org_id)
         .await?
         .ok_or_else(|| ApiError::internal(&"org vanished"))?;

@@ -48,7 +48,7 @@ use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, Caller};
 use super::pagination::PageParams;
-use crate::store::{is_uuid, orgs};
+use crate::store::{Listing, is_uuid, orgs};
 use crate::validate;
 use crate::webhooks::deliveries::{self, DeliveryAttempt, DeliveryFilter, WebhookDelivery};
 use crate::webhooks::endpoints::{self, EndpointFields, WebhookEndpoint};
@@ -172,7 +172,7 @@ async fn create_endpoint(
     let now = state.clock.now();
     let mut tx = state.store.begin().await?;
     let endpoint = endpoints::insert(&mut tx, &caller.org_id, &fields, now).await?;
-    tx.commit().await.map_err(|e| ApiError::internal(&e))?;
+    tx.commit().await?;
     Ok((StatusCode::CREATED, Json(endpoint)))
 }
 
@@ -212,10 +212,8 @@ async fn list_endpoints(
         starting_after: params.starting_after,
         ending_before: params.ending_before,
     };
-    let store = state.store.clone();
-    let org_id = caller.org_id.clone();
     let cursor = paging
-        .cursor(|id| async move { endpoints::cursor_anchor(&store, &org_id, &id).await })
+        .cursor(&state.store, Listing::WebhookEndpoints, &caller.org_id)
         .await?;
     let page = endpoints::list(&state.store, &caller.org_id, &cursor, limit).await?;
     Ok(Json(EndpointList {
@@ -232,12 +230,7 @@ async fn load_endpoint(
     if !is_uuid(id) {
         return Err(not_found(id));
     }
-    let mut conn = state
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+    let mut conn = state.store.pool().acquire().await?;
     endpoints::get(&mut conn, org_id, id)
         .await?
         .ok_or_else(|| not_found(id))
@@ -333,7 +326,7 @@ async fn update_endpoint(
         // Deliveries that waited while it was disabled are due.
         webhooks::notify_workers(&mut tx).await?;
     }
-    tx.commit().await.map_err(|e| ApiError::internal(&e))?;
+    tx.commit().await?;
     Ok(Json(endpoint))
 }
 
@@ -363,7 +356,7 @@ async fn delete_endpoint(
     if !endpoints::delete(&mut tx, &caller.org_id, &id, state.clock.now()).await? {
         return Err(not_found(&id));
     }
-    tx.commit().await.map_err(|e| ApiError::internal(&e))?;
+    tx.commit().await?;
     Ok(Json(Deleted { id, deleted: true }))
 }
 
@@ -384,7 +377,7 @@ async fn rotate_endpoint_secret(
     let endpoint = endpoints::rotate_secret(&mut tx, &caller.org_id, &id, state.clock.now())
         .await?
         .ok_or_else(|| not_found(&id))?;
-    tx.commit().await.map_err(|e| ApiError::internal(&e))?;
+    tx.commit().await?;
     Ok(Json(endpoint))
 }
 
@@ -437,12 +430,7 @@ async fn get_signing_secret(
     State(state): State<AppState>,
     caller: Caller,
 ) -> ApiResult<Json<SigningSecret>> {
-    let mut conn = state
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+    let mut conn = state.store.pool().acquire().await?;
     let org = orgs::get(&mut conn, &caller.org_id)
         .await?
         .ok_or_else(|| ApiError::internal(&"org vanished"))?;
@@ -463,7 +451,7 @@ async fn rotate_signing_secret(
     let secret = orgs::rotate_default_webhook_secret(&mut tx, &caller.org_id)
         .await?
         .ok_or_else(|| ApiError::internal(&"org vanished"))?;
-    tx.commit().await.map_err(|e| ApiError::internal(&e))?;
+    tx.commit().await?;
     Ok(Json(SigningSecret {
         signing_secret: secret,
     }))
@@ -516,10 +504,8 @@ async fn list_deliveries(
         starting_after: params.starting_after,
         ending_before: params.ending_before,
     };
-    let store = state.store.clone();
-    let org_id = caller.org_id.clone();
     let cursor = paging
-        .cursor(|id| async move { deliveries::cursor_anchor(&store, &org_id, &id).await })
+        .cursor(&state.store, Listing::WebhookDeliveries, &caller.org_id)
         .await?;
     let filter = DeliveryFilter {
         endpoint_id: params.endpoint_id,
@@ -541,12 +527,7 @@ async fn load_delivery(
     if !is_uuid(id) {
         return Err(delivery_not_found(id));
     }
-    let mut conn = state
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+    let mut conn = state.store.pool().acquire().await?;
     deliveries::get(&mut conn, org_id, id)
         .await?
         .ok_or_else(|| delivery_not_found(id))
@@ -619,6 +600,6 @@ async fn redeliver(
         .await?
         .ok_or_else(|| delivery_not_found(&id))?;
     webhooks::notify_workers(&mut tx).await?;
-    tx.commit().await.map_err(|e| ApiError::internal(&e))?;
+    tx.commit().await?;
     Ok(Json(delivery))
 }

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 use callingbox::billing::dollars;
-use callingbox::clock::{Clock, MonotonicClock, Timestamp};
+use callingbox::clock::{Clock, MonotonicClock};
 use callingbox::config::Config;
 use callingbox::store::{Store, keys, ledger, orgs};
 
@@ -135,7 +135,7 @@ pub async fn add_credits(config: &Config, org: &str, amount: &str) -> Result<()>
 /// `credits show`: balances and this month's usage of every organization.
 pub async fn show_credits(config: &Config) -> Result<()> {
     let store = open_store(config).await?;
-    let month_start = month_start(MonotonicClock::default().now());
+    let month_start = MonotonicClock::default().now().month_start();
     println!(
         "{:<24} {:>10} {:>10} {:>8} {:>12} {:>12}",
         "ORG", "BALANCE", "HELD", "CALLS", "BILLED MIN", "CALL COST"
@@ -153,16 +153,6 @@ pub async fn show_credits(config: &Config) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn month_start(now: Timestamp) -> Timestamp {
-    let at = time::OffsetDateTime::from_unix_timestamp(now.unix_seconds())
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let start = at
-        .replace_day(1)
-        .map(|d| d.replace_time(time::Time::MIDNIGHT))
-        .unwrap_or(at);
-    Timestamp(start.unix_timestamp() * 1_000_000)
 }
 
 /// `"10"`, `"10.5"`, `"$10.50"` as milli-cents.

@@ -239,3 +239,65 @@ pub(crate) fn page_clause(cursor: &Cursor, column: &str) -> (String, &'static st
         ),
     }
 }
+
+/// The lists read newest first with cursors, and the time they sort by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    /// `calls` by `created_at`.
+    Calls,
+    /// `phone_numbers` by `purchased_at`.
+    PhoneNumbers,
+    /// `webhook_deliveries` by `created_at`.
+    WebhookDeliveries,
+    /// `webhook_endpoints` by `created_at`.
+    WebhookEndpoints,
+}
+
+impl Listing {
+    /// The anchor query: the `(time, id)` of one row of an organization.
+    fn anchor_sql(self) -> &'static str {
+        match self {
+            Listing::Calls => {
+                "SELECT created_at AS at, id FROM calls WHERE id = $1 AND org_id = $2"
+            }
+            Listing::PhoneNumbers => {
+                "SELECT purchased_at AS at, id FROM phone_numbers WHERE id = $1 AND org_id = $2"
+            }
+            Listing::WebhookDeliveries => {
+                "SELECT created_at AS at, id FROM webhook_deliveries WHERE id = $1 AND org_id = $2"
+            }
+            Listing::WebhookEndpoints => {
+                "SELECT created_at AS at, id FROM webhook_endpoints WHERE id = $1 AND org_id = $2"
+            }
+        }
+    }
+}
+
+/// The `(time, id)` of the row `id` of `org_id` in `listing` (a cursor's anchor).
+pub async fn cursor_anchor(
+    store: &Store,
+    listing: Listing,
+    org_id: &str,
+    id: &str,
+) -> Result<Option<(Timestamp, String)>, StoreError> {
+    use sqlx::Row;
+    let row = sqlx::query(listing.anchor_sql())
+        .bind(id)
+        .bind(org_id)
+        .fetch_optional(store.pool())
+        .await?;
+    row.map(|r| Ok((Timestamp(r.try_get("at")?), r.try_get("id")?)))
+        .transpose()
+}
+
+/// Makes a page of the `limit + 1` rows read for it: whether more follow,
+/// and newest first again when it was read backwards (`ending_before`).
+pub(crate) fn finish_page<T>(mut items: Vec<T>, limit: i64, cursor: &Cursor) -> Page<T> {
+    let limit = usize::try_from(limit).unwrap_or(0);
+    let has_more = items.len() > limit;
+    items.truncate(limit);
+    if matches!(cursor, Cursor::Before(..)) {
+        items.reverse();
+    }
+    Page { items, has_more }
+}

@@ -5,7 +5,7 @@ use serde_json::Value;
 use sqlx::{AnyConnection, Row};
 use utoipa::ToSchema;
 
-use super::{Cursor, Page, Store, StoreError, new_id, opt_ts, page_clause};
+use super::{Cursor, Page, Store, StoreError, finish_page, new_id, opt_ts, page_clause};
 use crate::clock::Timestamp;
 
 /// A phone number (the API's PhoneNumber object).
@@ -274,30 +274,10 @@ pub async fn list(
         .bind(limit + 1)
         .fetch_all(&mut *conn)
         .await?;
-    let mut items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
-    let has_more = items.len() as i64 > limit;
-    items.truncate(usize::try_from(limit).unwrap_or(0));
-    if matches!(cursor, Cursor::Before(..)) {
-        items.reverse();
-    }
-    fill_outbound_agents(&mut conn, org_id, &mut items).await?;
-    Ok(Page { items, has_more })
-}
-
-/// The `(created_at, id)` of the number `id` (cursor anchor).
-pub async fn cursor_anchor(
-    store: &Store,
-    org_id: &str,
-    id: &str,
-) -> Result<Option<(Timestamp, String)>, StoreError> {
-    let row =
-        sqlx::query("SELECT purchased_at, id FROM phone_numbers WHERE id = $1 AND org_id = $2")
-            .bind(id)
-            .bind(org_id)
-            .fetch_optional(store.pool())
-            .await?;
-    row.map(|r| Ok((Timestamp(r.try_get("purchased_at")?), r.try_get("id")?)))
-        .transpose()
+    let items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+    let mut page = finish_page(items, limit, cursor);
+    fill_outbound_agents(&mut conn, org_id, &mut page.items).await?;
+    Ok(page)
 }
 
 /// Replaces the prompt-era inbound configuration.

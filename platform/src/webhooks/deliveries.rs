@@ -9,7 +9,9 @@ use utoipa::ToSchema;
 
 use super::schedule;
 use crate::clock::Timestamp;
-use crate::store::{Backend, Cursor, Page, Store, StoreError, calls, new_id, opt_ts, page_clause};
+use crate::store::{
+    Backend, Cursor, Page, Store, StoreError, calls, finish_page, new_id, opt_ts, page_clause,
+};
 
 /// Waiting for its next attempt.
 pub const PENDING: &str = "pending";
@@ -186,29 +188,8 @@ pub async fn list(
         .bind(limit + 1)
         .fetch_all(store.pool())
         .await?;
-    let mut items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
-    let has_more = items.len() as i64 > limit;
-    items.truncate(usize::try_from(limit).unwrap_or(0));
-    if matches!(cursor, Cursor::Before(..)) {
-        items.reverse();
-    }
-    Ok(Page { items, has_more })
-}
-
-/// The `(created_at, id)` of the delivery `id` (cursor anchor).
-pub async fn cursor_anchor(
-    store: &Store,
-    org_id: &str,
-    id: &str,
-) -> Result<Option<(Timestamp, String)>, StoreError> {
-    let row =
-        sqlx::query("SELECT created_at, id FROM webhook_deliveries WHERE id = $1 AND org_id = $2")
-            .bind(id)
-            .bind(org_id)
-            .fetch_optional(store.pool())
-            .await?;
-    row.map(|r| Ok((Timestamp(r.try_get("created_at")?), r.try_get("id")?)))
-        .transpose()
+    let items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+    Ok(finish_page(items, limit, cursor))
 }
 
 /// Queues a manual redelivery: back to `pending`, due now, the same id,
