@@ -29,6 +29,11 @@ impl Pricing {
         self.charge_for(self.max_call_seconds)
     }
 
+    /// The longest a call may last, as a duration.
+    pub fn max_call_duration(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::try_from(self.max_call_seconds).unwrap_or(0))
+    }
+
     /// The charge for `connected_seconds`: billed per second, rounded up to
     /// the next whole milli-cent. No minimum; zero seconds cost nothing.
     pub fn charge_for(&self, connected_seconds: i64) -> i64 {

@@ -404,7 +404,6 @@ pub struct ScriptedAsr {
     utterances: Arc<Vec<String>>,
     final_delay: Duration,
     interim_per_word: Duration,
-    silence_peak: i16,
 }
 
 impl ScriptedAsr {
@@ -418,15 +417,7 @@ impl ScriptedAsr {
             utterances: Arc::new(utterances),
             final_delay,
             interim_per_word,
-            silence_peak: SILENCE_PEAK,
         }
-    }
-
-    /// Frames whose peak stays at or below `peak` count as silence (the
-    /// default, 200, suits clean audio; a phone line's noise floor needs more).
-    pub fn with_silence_peak(mut self, peak: i16) -> Self {
-        self.silence_peak = peak;
-        self
     }
 }
 
@@ -440,7 +431,6 @@ impl AsrProvider for ScriptedAsr {
         let utterances = Arc::clone(&self.utterances);
         let final_delay = self.final_delay;
         let per_word = self.interim_per_word.max(Duration::from_millis(1));
-        let silence_peak = self.silence_peak;
         tokio::spawn(async move {
             let mut next_utterance = 0usize;
             let mut speech = Duration::ZERO;
@@ -470,7 +460,7 @@ impl AsrProvider for ScriptedAsr {
                     }
                     frame = audio_rx.recv() => {
                         let Some(frame) = frame else { break };
-                        let loud = frame.samples().iter().any(|s| s.saturating_abs() > silence_peak);
+                        let loud = frame.samples().iter().any(|s| s.saturating_abs() > SILENCE_PEAK);
                         let length = frame.duration();
                         if loud {
                             let frame_start = TokioInstant::now() - length;

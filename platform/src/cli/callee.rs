@@ -202,8 +202,7 @@ impl SipCallFactory for SimulatedCallee {
             vec!["(the agent spoke)".to_owned(); 64],
             Duration::from_millis(150),
             Duration::from_millis(250),
-        )
-        .with_silence_peak(2_000);
+        );
         let asr = ears
             .open(cancel.clone())
             .map_err(|err| refuse(err.to_string()))?;

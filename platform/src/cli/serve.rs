@@ -17,7 +17,10 @@ use callingbox::dispatch::{CallLauncher, Dispatcher};
 use callingbox::lifecycle;
 use callingbox::store::Store;
 use callingbox_engine::session::MediaWorker;
-use callingbox_engine::transport::sip::{LocalCarrier, Route, SipConfig, SipServer};
+use callingbox_engine::transport::sip::{
+    IncomingCall, LocalCarrier, Route, SipCallFactory, SipCallRefused, SipCallSetup, SipConfig,
+    SipServer,
+};
 use callingbox_engine::transport::spawn_worker_thread;
 use callingbox_engine::vad::VadBatch;
 
@@ -86,37 +89,20 @@ pub async fn start_node(
     }
     let (worker, _thread) = spawn_worker_thread(MediaWorker::new(vad, None), "media-worker")?;
 
-    let dispatcher_slot: Arc<std::sync::OnceLock<Arc<Dispatcher>>> = Arc::default();
     let mut sip_config = SipConfig::new(config.sip.listen);
     sip_config.rtp_ports = config.sip.rtp_ports.0..=config.sip.rtp_ports.1;
-    // The inbound router needs the dispatcher, which needs the SIP dialer:
-    // the router is built from a slot filled right after.
-    let slot = Arc::clone(&dispatcher_slot);
-    let router_parts = (
-        store.clone(),
-        Arc::clone(&clock),
-        pricing,
-        config.node_id.clone(),
-        stack.clone(),
-    );
-    let dialer_slot: Arc<std::sync::OnceLock<callingbox_engine::transport::sip::SipDialer>> =
-        Arc::default();
-    let lazy_router = LazyRouter {
-        slot,
-        dialer: Arc::clone(&dialer_slot),
-        parts: std::sync::Mutex::new(Some(router_parts)),
-        router: std::sync::OnceLock::new(),
-    };
-    let sip = SipServer::bind(sip_config, worker, lazy_router)
+    // The inbound router needs the dispatcher, which needs the server's
+    // dialer: INVITEs are refused (503) until it is set, right below.
+    let router: Arc<std::sync::OnceLock<InboundRouter>> = Arc::default();
+    let sip = SipServer::bind(sip_config, worker, LateRouter(Arc::clone(&router)))
         .await
         .context("binding the SIP socket")?;
     let sip_addr = sip.local_addr();
-    let _ = dialer_slot.set(sip.dialer());
     let carrier = LocalCarrier::new();
     let telephony = EngineTelephony::new(
         sip.dialer(),
         Route::Local(carrier.clone()),
-        stack,
+        stack.clone(),
         Duration::from_secs(30),
     );
     let metrics = Arc::new(callingbox::metrics::Metrics::default());
@@ -128,7 +114,15 @@ pub async fn start_node(
         extractor,
         Arc::clone(&metrics),
     );
-    let _ = dispatcher_slot.set(Arc::clone(&dispatcher));
+    let _ = router.set(InboundRouter::new(
+        store.clone(),
+        Arc::clone(&clock),
+        pricing,
+        config.node_id.clone(),
+        stack,
+        Arc::clone(&dispatcher),
+        sip.dialer(),
+    ));
     tokio::spawn(async move {
         if let Err(err) = sip.run().await {
             tracing::error!(%err, "the SIP server stopped");
@@ -206,61 +200,18 @@ pub async fn route_local_numbers(
     Ok(())
 }
 
-/// What the inbound router is built from: store, clock, pricing, node id,
-/// speech stack.
-type RouterParts = (
-    Store,
-    SharedClock,
-    callingbox::billing::Pricing,
-    String,
-    SpeechStack,
-);
+/// The inbound router, once the node has built it.
+struct LateRouter(Arc<std::sync::OnceLock<InboundRouter>>);
 
-/// The inbound router, built on the first INVITE (after the dispatcher).
-struct LazyRouter {
-    slot: Arc<std::sync::OnceLock<Arc<Dispatcher>>>,
-    dialer: Arc<std::sync::OnceLock<callingbox_engine::transport::sip::SipDialer>>,
-    parts: std::sync::Mutex<Option<RouterParts>>,
-    router: std::sync::OnceLock<InboundRouter>,
-}
-
-impl callingbox_engine::transport::sip::SipCallFactory for LazyRouter {
-    fn open_call(
-        &self,
-        call: &callingbox_engine::transport::sip::IncomingCall,
-    ) -> Result<
-        callingbox_engine::transport::sip::SipCallSetup,
-        callingbox_engine::transport::sip::SipCallRefused,
-    > {
-        let unavailable = || callingbox_engine::transport::sip::SipCallRefused {
-            status: 503,
-            reason: "starting".into(),
-        };
-        let router = match self.router.get() {
-            Some(router) => router,
-            None => {
-                let dispatcher = self.slot.get().ok_or_else(unavailable)?;
-                let dialer = self.dialer.get().ok_or_else(unavailable)?.clone();
-                let parts = self
-                    .parts
-                    .lock()
-                    .map_err(|_| unavailable())?
-                    .take()
-                    .ok_or_else(unavailable)?;
-                let (store, clock, pricing, node_id, stack) = parts;
-                let _ = self.router.set(InboundRouter::new(
-                    store,
-                    clock,
-                    pricing,
-                    node_id,
-                    stack,
-                    Arc::clone(dispatcher),
-                    dialer,
-                ));
-                self.router.get().ok_or_else(unavailable)?
-            }
-        };
-        router.open_call(call)
+impl SipCallFactory for LateRouter {
+    fn open_call(&self, call: &IncomingCall) -> Result<SipCallSetup, SipCallRefused> {
+        match self.0.get() {
+            Some(router) => router.open_call(call),
+            None => Err(SipCallRefused {
+                status: 503,
+                reason: "starting".into(),
+            }),
+        }
     }
 }
 

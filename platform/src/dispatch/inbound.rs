@@ -18,7 +18,7 @@ use super::{CallPlan, Dispatcher, InboundLine};
 use crate::billing::Pricing;
 use crate::clock::SharedClock;
 use crate::lifecycle;
-use crate::store::calls::{self, NewCall, status};
+use crate::store::calls::{self, Call, NewCall, status};
 use crate::store::{Store, StoreError, agents, ledger, new_id, numbers};
 
 /// Answers the INVITEs of the numbers in the store.
@@ -73,7 +73,7 @@ impl InboundRouter {
         }
     }
 
-    async fn record(&self, dialled: &str, caller: &str) -> Result<String, Refusal> {
+    async fn record(&self, dialled: &str, caller: &str) -> Result<Call, Refusal> {
         let number = numbers::find_active_any_org(&self.store, dialled)
             .await
             .map_err(Refusal::Store)?
@@ -156,8 +156,12 @@ impl InboundRouter {
         calls::insert(&mut tx, &new, now)
             .await
             .map_err(Refusal::Store)?;
+        let call = calls::get_any_org(&mut tx, &id)
+            .await
+            .map_err(Refusal::Store)?
+            .ok_or_else(|| Refusal::Store(StoreError::Corrupt(format!("call {id} vanished"))))?;
         tx.commit().await.map_err(|e| Refusal::Store(e.into()))?;
-        Ok(id)
+        Ok(call)
     }
 
     fn refuse(status: u16, reason: &str) -> SipCallRefused {
@@ -199,8 +203,8 @@ impl SipCallFactory for InboundRouter {
         // other tasks of the runtime running meanwhile.
         let recorded =
             tokio::task::block_in_place(|| self.runtime.block_on(self.record(&dialled, &caller)));
-        let call_id = match recorded {
-            Ok(id) => id,
+        let call = match recorded {
+            Ok(call) => call,
             Err(Refusal::NoSuchNumber) => {
                 return Err(Self::refuse(404, "not a number of this node"));
             }
@@ -215,16 +219,7 @@ impl SipCallFactory for InboundRouter {
                 return Err(Self::refuse(500, "cannot record the call"));
             }
         };
-        let plan = tokio::task::block_in_place(|| {
-            self.runtime.block_on(async {
-                let mut conn = self.store.pool().acquire().await.ok()?;
-                let call = calls::get_any_org(&mut conn, &call_id).await.ok()??;
-                let max = std::time::Duration::from_secs(
-                    u64::try_from(self.pricing.max_call_seconds).unwrap_or(3_600),
-                );
-                CallPlan::from_call(&call, max).ok()
-            })
-        });
+        let call_id = call.id.clone();
         let finish_failed = |message: String| {
             let (store, pricing, clock, id) = (
                 self.store.clone(),
@@ -237,9 +232,12 @@ impl SipCallFactory for InboundRouter {
                 let _ = lifecycle::finish(&store, &pricing, &id, outcome, clock.now()).await;
             });
         };
-        let Some(plan) = plan else {
-            finish_failed("the call's configuration could not be loaded".into());
-            return Err(Self::refuse(500, "cannot plan the call"));
+        let plan = match CallPlan::from_call(&call, self.pricing.max_call_duration()) {
+            Ok(plan) => plan,
+            Err(err) => {
+                finish_failed(format!("the call's tools are invalid: {err}"));
+                return Err(Self::refuse(500, "cannot plan the call"));
+            }
         };
         let conversation = match self.stack.start_conversation(&plan) {
             Ok(conversation) => conversation,

@@ -236,10 +236,7 @@ impl Dispatcher {
         let mut events = match inbound {
             Some(line) => line.events,
             None => {
-                let max = Duration::from_secs(
-                    u64::try_from(self.pricing.max_call_seconds).unwrap_or(3_600),
-                );
-                let plan = match CallPlan::from_call(&call, max) {
+                let plan = match CallPlan::from_call(&call, self.pricing.max_call_duration()) {
                     Ok(plan) => plan,
                     Err(err) => {
                         let outcome = Outcome::failed(
