@@ -10,6 +10,7 @@ pub mod config;
 pub mod dispatch;
 pub mod lifecycle;
 pub mod metrics;
+pub mod node;
 pub mod store;
 pub mod validate;
 pub mod webhooks;

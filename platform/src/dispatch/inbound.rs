@@ -208,8 +208,12 @@ impl SipCallFactory for InboundRouter {
             Err(Refusal::NoSuchNumber) => {
                 return Err(Self::refuse(404, "not a number of this node"));
             }
+            // The number exists and is someone's, it just answers nothing
+            // yet: 480 (temporary, try later) rather than 404 (no such
+            // number) or 603 (the callee declined, which trunks treat as
+            // final everywhere).
             Err(Refusal::NoAgent) => {
-                return Err(Self::refuse(603, "no inbound agent on this number"));
+                return Err(Self::refuse(480, "no inbound agent on this number"));
             }
             Err(Refusal::Paused) => {
                 return Err(Self::refuse(480, "calls paused: credits below the hold"));
