@@ -979,8 +979,13 @@ async fn the_scripted_recognizer_reports_interims_then_a_delayed_final() {
             .expect("push");
     }
     let mut interims = Vec::new();
+    let mut announced = 0;
     let final_at = loop {
         match session.next_event().await.expect("event") {
+            AsrEvent::UtteranceStarted => {
+                assert!(interims.is_empty(), "announced before its words");
+                announced += 1;
+            }
             AsrEvent::Interim { text } => interims.push(text),
             AsrEvent::Final { text } => {
                 assert_eq!(text, "book a table");
@@ -989,6 +994,7 @@ async fn the_scripted_recognizer_reports_interims_then_a_delayed_final() {
         }
     };
     assert_eq!(interims, vec!["book", "book a", "book a table"]);
+    assert_eq!(announced, 1, "one utterance, announced once");
     assert_eq!(final_at - start, Duration::from_millis(600 + 300));
     cancel.cancel();
     assert_eq!(session.next_event().await, None, "cancel ends the session");

@@ -103,22 +103,33 @@ async fn push_in_real_time(
     idle: Duration,
 ) -> (Vec<(String, Instant)>, Instant) {
     let mut finals = Vec::new();
+    let (mut announced, mut closed) = (0usize, 0usize);
+    let mut record = |event: AsrEvent| match event {
+        AsrEvent::UtteranceStarted => announced += 1,
+        AsrEvent::Final { text } => {
+            closed += 1;
+            if !text.is_empty() {
+                finals.push((text, Instant::now()));
+            }
+        }
+        AsrEvent::Interim { .. } => {}
+    };
     let started = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_millis(20));
     for frame in frames {
         ticker.tick().await;
         session.push_frame(&frame).expect("queue has room");
         while let Some(event) = session.try_next_event() {
-            if let AsrEvent::Final { text } = event {
-                finals.push((text, Instant::now()));
-            }
+            record(event);
         }
     }
     while let Ok(Some(event)) = tokio::time::timeout(idle, session.next_event()).await {
-        if let AsrEvent::Final { text } = event {
-            finals.push((text, Instant::now()));
-        }
+        record(event);
     }
+    // The contract the turn machine relies on: every utterance announced is
+    // finalized exactly once (empty when it held no words).
+    assert_eq!(announced, closed, "utterances announced vs finalized");
+    assert!(announced > 0, "no utterance was announced");
     (finals, started)
 }
 
@@ -313,7 +324,9 @@ async fn piper_speech_round_trips_through_whisper() {
     while let Ok(Some(event)) =
         tokio::time::timeout(Duration::from_secs(5), session.next_event()).await
     {
-        if let AsrEvent::Final { text } = event {
+        if let AsrEvent::Final { text } = event
+            && !text.is_empty()
+        {
             transcript.push(text);
         }
     }

@@ -161,6 +161,11 @@ impl Call {
         );
     }
 
+    /// The recognizer announces an utterance it will finalize.
+    fn utterance_started(&mut self, at: u64) {
+        self.at(at, TurnInput::UtteranceStarted);
+    }
+
     fn model_answers(&mut self, at: u64, request: u64, probability_complete: f32) {
         self.at(
             at,
@@ -973,4 +978,105 @@ fn hostile_inputs_never_panic() {
         let _ = machine.handle(Instant::from_millis(now), input).count();
     }
     assert_eq!(machine.dropped_outputs(), 0);
+}
+
+/// Whisper-style recognition: each pause-split utterance is decoded after it
+/// ends, so the words of the last one arrive well after the VAD stop.
+fn pause_split_greeting(call: &mut Call, announce: bool) {
+    // "Hello. This is Sam speaking.": voice 380-770 ms, 1060-2110 ms.
+    call.voice_starts(380);
+    if announce {
+        call.utterance_started(460);
+    }
+    call.voice_stops(770);
+    call.voice_starts(1060);
+    if announce {
+        call.utterance_started(1140);
+    }
+    call.final_text(1830, "Hello.");
+    call.voice_stops(2110);
+}
+
+#[test]
+fn words_still_being_decoded_are_waited_for() {
+    let mut config = TurnConfig {
+        use_end_of_turn_model: false,
+        ..TurnConfig::default()
+    };
+    config.cue_complete_wait = Duration::from_millis(400);
+    // Without the announcements the machine cannot know more words are
+    // coming: "Hello." is complete, and the turn ends without the rest.
+    let mut unannounced = Call::new(config.clone());
+    pause_split_greeting(&mut unannounced, false);
+    unannounced.final_text(3030, "This is Sam speaking.");
+    unannounced.run_until(5000);
+    let turns = unannounced.ended_turns();
+    assert_eq!(turns.len(), 1, "{:?}", unannounced.log);
+    assert_eq!(turns[0].1, "Hello.");
+
+    // With them, the turn waits for the second final and keeps every word.
+    let mut call = Call::new(config);
+    pause_split_greeting(&mut call, true);
+    call.run_until(3020);
+    assert!(
+        call.ended_turns().is_empty(),
+        "committed early: {:?}",
+        call.log
+    );
+    call.final_text(3030, "This is Sam speaking.");
+    call.run_until(5000);
+    let turns = call.ended_turns();
+    assert_eq!(turns.len(), 1, "{:?}", call.log);
+    let (at, text, reason, vad_stopped_at) = &turns[0];
+    assert_eq!(text, "Hello. This is Sam speaking.");
+    assert_eq!(*reason, EndOfTurnReason::TranscriptCues);
+    assert_eq!(*vad_stopped_at, 2110);
+    // Committed once the text is in and the complete cue's wait is over.
+    assert!((3030..=3060).contains(at), "committed at {at}");
+}
+
+#[test]
+fn an_empty_final_settles_an_announced_utterance() {
+    // A cough announced as an utterance after the words: Whisper finds no
+    // words in it; the turn goes on as soon as it says so.
+    let mut call = Call::new(TurnConfig {
+        use_end_of_turn_model: false,
+        ..TurnConfig::default()
+    });
+    call.voice_starts(300);
+    call.utterance_started(400);
+    call.final_text(1500, "Yes, that works for me.");
+    call.utterance_started(1520);
+    call.voice_stops(1700);
+    call.final_text(2300, "");
+    call.run_until(4000);
+    let turns = call.ended_turns();
+    assert_eq!(turns.len(), 1, "{:?}", call.log);
+    assert_eq!(turns[0].1, "Yes, that works for me.");
+    assert!(turns[0].0 >= 2300 && turns[0].0 <= 2320, "{:?}", turns[0]);
+}
+
+#[test]
+fn a_final_that_never_comes_delays_the_turn_only_to_the_maximum_wait() {
+    let config = TurnConfig {
+        use_end_of_turn_model: false,
+        ..TurnConfig::default()
+    };
+    let max_wait = config.max_end_of_turn_wait;
+    let mut call = Call::new(config);
+    call.voice_starts(300);
+    call.utterance_started(400);
+    call.final_text(1400, "Yes, that works for me.");
+    call.utterance_started(1450);
+    call.voice_stops(1600);
+    call.run_until(6000);
+    let turns = call.ended_turns();
+    assert_eq!(turns.len(), 1, "{:?}", call.log);
+    assert_eq!(turns[0].2, EndOfTurnReason::MaxWait);
+    let max_wait = u64::try_from(max_wait.as_millis()).expect("fits");
+    assert!(
+        turns[0].0 >= 1600 + max_wait && turns[0].0 <= 1600 + max_wait + TICK,
+        "{:?}",
+        turns[0]
+    );
 }

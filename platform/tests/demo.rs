@@ -24,13 +24,17 @@ fn the_demo_places_a_real_call_and_prints_the_transcript_and_result() {
         .filter(|l| l.starts_with("caller: "))
         .collect();
     let heard = caller_lines.join(" ").to_lowercase();
-    // Known gap (see the issue note): the callee's later lines are not yet
-    // heard as turns; its greeting is.
-    assert!(heard.contains("hello"), "the greeting was heard: {stdout}");
+    // Every line of the callee is heard, in turns: its greeting whole (the
+    // words after its comma pause too), then one reply per agent turn.
+    for words in ["hello", "sam speaking", "reschedule", "monday", "yes"] {
+        assert!(heard.contains(words), "{words:?} was not heard: {stdout}");
+    }
     assert!(
-        stdout.lines().any(|l| l.starts_with("agent : ")),
-        "the agent spoke: {stdout}"
+        caller_lines.len() >= 3,
+        "the callee's three lines are three turns: {stdout}"
     );
+    let agent_turns = stdout.lines().filter(|l| l.starts_with("agent : ")).count();
+    assert!(agent_turns >= 2, "the agent answered each turn: {stdout}");
     // The final JSON.
     let json_start = stdout.find("\n{").map(|i| i + 1).unwrap_or(0);
     let call: serde_json::Value =

@@ -7,7 +7,10 @@
 //! endpointer ([`UtteranceSegmenter`]: speech starts after a few loud frames,
 //! ends after ~150 ms of quiet), sends each finished utterance to the service
 //! and reports its text as [`AsrEvent::Final`]. The engine's own VAD and
-//! turn logic run separately; this only decides what to decode.
+//! turn logic run separately; this only decides what to decode. Each
+//! utterance is announced when it starts ([`AsrEvent::UtteranceStarted`])
+//! and always finalized, empty if it held no words, so the turn machine
+//! waits for the words of a pause-split sentence that are still decoding.
 //!
 //! No interims: faster-whisper pads every input to Whisper's 30 s window, so
 //! a decode costs the same ~0.4-0.6 s on this machine's 2 cores whatever the
@@ -456,11 +459,20 @@ impl SessionWorker {
                             "local Whisper takes 16 kHz frames, got {}", frame.rate()
                         )));
                     }
+                    let was_in_speech = self.segmenter.in_speech();
                     if let Some(utterance) = self.segmenter.push(frame.samples()) {
                         encode_request(&mut request, next_id, &self.language, utterance);
                         next_id += 1;
                         in_flight += 1;
                         write_half.write_all(&request).await.map_err(unavailable)?;
+                    }
+                    // Every utterance started is decoded and finalized (see
+                    // below), so the turn machine can wait for its words.
+                    if !was_in_speech
+                        && self.segmenter.in_speech()
+                        && self.events.send(AsrEvent::UtteranceStarted).is_err()
+                    {
+                        return Ok(());
                     }
                 }
                 line = responses.next_line(), if in_flight > 0 => {
@@ -471,11 +483,11 @@ impl SessionWorker {
                     if let Some(error) = response.error {
                         return Err(ProviderError::BadResponse(error));
                     }
+                    // One final per utterance, empty when Whisper heard no
+                    // words (noise): it closes the utterance announced.
                     let text = response.text.unwrap_or_default();
-                    let text = text.trim();
-                    if !text.is_empty()
-                        && self.events.send(AsrEvent::Final { text: text.to_owned() }).is_err()
-                    {
+                    let text = text.trim().to_owned();
+                    if self.events.send(AsrEvent::Final { text }).is_err() {
                         return Ok(());
                     }
                 }

@@ -147,6 +147,14 @@ pub trait TtsProvider: Send + Sync {
 /// What a streaming recognizer reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AsrEvent {
+    /// The recognizer began an utterance and will report exactly one
+    /// [`AsrEvent::Final`] for it, empty if it held no words. Optional: a
+    /// recognizer that sends it lets the turn machine wait for the words of
+    /// speech it has not finished decoding (Whisper decodes a pause-split
+    /// utterance a second after it ends) instead of committing the turn
+    /// without them. Recognizers whose finals are not per utterance
+    /// (Deepgram's are per segment) do not send it.
+    UtteranceStarted,
     /// A hypothesis that may still change.
     Interim {
         /// The text so far.

@@ -398,7 +398,9 @@ impl TtsProvider for ScriptedTts {
 /// (the first silent frame's start) it reports the utterance as final.
 /// Speech that resumes within [`ScriptedAsr::UTTERANCE_GAP`] of a finalized
 /// utterance belongs to it (a pause between words, already transcribed in
-/// full), so a recording with short pauses is still one utterance.
+/// full), so a recording with short pauses is still one utterance. Each
+/// utterance is announced ([`AsrEvent::UtteranceStarted`]) when its speech
+/// begins, like the local Whisper recognizer does.
 #[derive(Debug, Clone)]
 pub struct ScriptedAsr {
     utterances: Arc<Vec<String>>,
@@ -473,8 +475,11 @@ impl AsrProvider for ScriptedAsr {
                                 finalized_speech_end = None;
                             }
                             final_at = None;
-                            speech += length;
                             let Some(text) = utterances.get(next_utterance) else { continue };
+                            if speech == Duration::ZERO {
+                                let _ = event_tx.send(AsrEvent::UtteranceStarted);
+                            }
+                            speech += length;
                             let words: Vec<&str> = text.split_whitespace().collect();
                             let shown = ((speech.as_micros() / per_word.as_micros()) as usize + 1)
                                 .min(words.len());

@@ -227,6 +227,11 @@ impl CallMedia {
         self.on_vad(now, window_end, 0.0);
     }
 
+    /// The recognizer began an utterance whose final it owes.
+    pub fn on_utterance_started(&mut self, now: Instant) {
+        self.feed(now, TurnInput::UtteranceStarted);
+    }
+
     /// A streaming recognizer result.
     pub fn on_transcript(&mut self, now: Instant, text: &str, is_final: bool) {
         self.feed(now, TurnInput::Transcript { text, is_final });

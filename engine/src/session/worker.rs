@@ -292,6 +292,7 @@ impl MediaWorker {
                 }
                 while let Some(event) = link.asr.try_next_event() {
                     match event {
+                        AsrEvent::UtteranceStarted => slot.media.on_utterance_started(call_now),
                         AsrEvent::Interim { text } => {
                             slot.media.on_transcript(call_now, &text, false)
                         }

@@ -163,6 +163,10 @@ pub struct TurnMachine {
     /// often leads the VAD gate (which needs `min_speech` first), so they
     /// belong to the speech that starts right after.
     early_words_at: Option<Instant>,
+    /// Utterances the recognizer announced and has not finalized yet: their
+    /// words may belong to the turn, so it waits for them (up to the
+    /// maximum wait) before committing.
+    finals_owed: u32,
     next_request: u64,
     speculating: bool,
     speculative_text: String,
@@ -189,6 +193,7 @@ impl TurnMachine {
             last_text_change: call_started_at,
             interrupted_agent: false,
             early_words_at: None,
+            finals_owed: 0,
             next_request: 0,
             speculating: false,
             speculative_text: String::with_capacity(TEXT_CAPACITY),
@@ -253,6 +258,7 @@ impl TurnMachine {
             TurnInput::Vad(VadEvent::SpeechStarted { at }) => self.on_speech_started(at),
             TurnInput::Vad(VadEvent::SpeechStopped { at }) => self.on_speech_stopped(now, at),
             TurnInput::Transcript { text, is_final } => self.on_transcript(now, text, is_final),
+            TurnInput::UtteranceStarted => self.finals_owed = self.finals_owed.saturating_add(1),
             TurnInput::EndOfTurnPrediction {
                 request,
                 probability_complete,
@@ -362,6 +368,13 @@ impl TurnMachine {
     }
 
     fn on_transcript(&mut self, now: Instant, text: &str, is_final: bool) {
+        if is_final {
+            self.finals_owed = self.finals_owed.saturating_sub(1);
+            if text.trim().is_empty() {
+                // An announced utterance with no words: only the debt is paid.
+                return;
+            }
+        }
         let in_turn = matches!(
             self.user,
             UserState::Speaking | UserState::BargeIn { .. } | UserState::AwaitingEnd { .. }
@@ -623,7 +636,12 @@ impl TurnMachine {
         if let Some(reason) =
             self.end_of_turn_decision(now, vad_stopped_at, requested_at, answer, cue)
         {
-            self.commit(reason, vad_stopped_at);
+            // Words of this turn still being decoded would be lost (they would
+            // arrive after the commit): wait for them, up to the maximum.
+            let words_pending = self.finals_owed > 0 && reason != EndOfTurnReason::MaxWait;
+            if !words_pending {
+                self.commit(reason, vad_stopped_at);
+            }
             return;
         }
         let stable =

@@ -61,6 +61,11 @@ pub enum TurnInput<'a> {
         /// Whether the segment is final.
         is_final: bool,
     },
+    /// The recognizer began an utterance and owes one final result for it
+    /// ([`AsrEvent::UtteranceStarted`](crate::providers::AsrEvent::UtteranceStarted)).
+    /// While a final is owed the turn is not committed before
+    /// `max_end_of_turn_wait`, so words still being decoded are not lost.
+    UtteranceStarted,
     /// The end-of-turn model's answer to a `RequestEndOfTurnPrediction`.
     /// Answers to stale requests, and non-finite probabilities, are ignored.
     EndOfTurnPrediction {

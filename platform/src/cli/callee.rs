@@ -197,9 +197,10 @@ impl SipCallFactory for SimulatedCallee {
         });
         let cancel = CancellationToken::new();
         // The callee does not need to understand the agent: every turn it
-        // hears is "(the agent spoke)".
+        // hears is the same plain sentence. (Words in parentheses would be
+        // read as a non-speech tag like "(coughing)", and the turn dropped.)
         let ears = ScriptedAsr::new(
-            vec!["(the agent spoke)".to_owned(); 64],
+            vec!["I heard the agent.".to_owned(); 64],
             Duration::from_millis(150),
             Duration::from_millis(250),
         );
