@@ -176,32 +176,45 @@ impl std::fmt::Debug for WebRtcPeer {
     }
 }
 
-/// The parts of an offer checked before the stack sees it.
-fn precheck(sdp: &str) -> Result<(), OfferError> {
-    // str0m parses the SDP; these checks give the caller a precise reason.
-    let mut in_audio = false;
-    let mut audio = false;
-    let mut opus = false;
+/// The parts of an offer checked before the stack sees it: the first audio
+/// m-line offering Opus, and its mid.
+fn precheck(sdp: &str) -> Result<String, OfferError> {
+    // str0m parses the SDP; this gives the caller a precise reason.
+    struct Section {
+        audio: bool,
+        opus: bool,
+        mid: Option<String>,
+    }
+    let mut sections: Vec<Section> = Vec::new();
     for line in sdp.lines() {
         let line = line.trim();
         if let Some(media) = line.strip_prefix("m=") {
-            in_audio = media.starts_with("audio ");
-            audio |= in_audio;
-        } else if in_audio
-            && let Some(rtpmap) = line.strip_prefix("a=rtpmap:")
-            && let Some((_, encoding)) = rtpmap.split_once(' ')
-            && encoding.to_ascii_lowercase().starts_with("opus/48000")
-        {
-            opus = true;
+            sections.push(Section {
+                audio: media.starts_with("audio "),
+                opus: false,
+                mid: None,
+            });
+        } else if let Some(section) = sections.last_mut() {
+            if let Some(mid) = line.strip_prefix("a=mid:") {
+                section.mid = Some(mid.trim().to_owned());
+            } else if let Some(rtpmap) = line.strip_prefix("a=rtpmap:")
+                && let Some((_, encoding)) = rtpmap.split_once(' ')
+                && encoding.to_ascii_lowercase().starts_with("opus/48000")
+            {
+                section.opus = true;
+            }
         }
     }
-    if !audio {
+    if !sections.iter().any(|section| section.audio) {
         return Err(OfferError::NoAudio);
     }
-    if !opus {
-        return Err(OfferError::NoOpus);
-    }
-    Ok(())
+    let section = sections
+        .into_iter()
+        .find(|section| section.audio && section.opus)
+        .ok_or(OfferError::NoOpus)?;
+    section
+        .mid
+        .ok_or_else(|| OfferError::BadSdp("the audio m-line has no a=mid".to_owned()))
 }
 
 impl WebRtcPeer {
@@ -213,7 +226,7 @@ impl WebRtcPeer {
         offer: &str,
         local: SocketAddr,
     ) -> Result<(Self, String), OfferError> {
-        precheck(offer)?;
+        let mid = precheck(offer)?;
         let offer = SdpOffer::from_sdp_string(offer)
             .map_err(|error| OfferError::BadSdp(error.to_string()))?;
         let candidate = Candidate::host(local, "udp")
@@ -221,7 +234,7 @@ impl WebRtcPeer {
         // The stack is not ours to trust with hostile input: a panic in it is
         // a refused offer, not a dead server.
         std::panic::catch_unwind(AssertUnwindSafe(move || {
-            Self::accept_parsed(now, offer, candidate, local)
+            Self::accept_parsed(now, offer, Mid::from(mid.as_str()), candidate, local)
         }))
         .unwrap_or(Err(OfferError::Internal))
     }
@@ -229,6 +242,7 @@ impl WebRtcPeer {
     fn accept_parsed(
         now: Instant,
         offer: SdpOffer,
+        mid: Mid,
         candidate: Candidate,
         local: SocketAddr,
     ) -> Result<(Self, String), OfferError> {
@@ -243,9 +257,8 @@ impl WebRtcPeer {
             .sdp_api()
             .accept_offer(offer)
             .map_err(|error| OfferError::Refused(error.to_string()))?;
-        // Drain what accepting produced: the audio m-line, the first checks.
+        // Drain what accepting produced (the first connectivity checks).
         let mut pending = VecDeque::new();
-        let mut audio: Option<(Mid, Direction)> = None;
         loop {
             match rtc.poll_output() {
                 Ok(Output::Timeout(_)) => break,
@@ -253,16 +266,15 @@ impl WebRtcPeer {
                     destination: transmit.destination,
                     contents: transmit.contents.into(),
                 }),
-                Ok(Output::Event(Event::MediaAdded(added))) => {
-                    if added.kind == MediaKind::Audio && audio.is_none() {
-                        audio = Some((added.mid, added.direction));
-                    }
-                }
                 Ok(Output::Event(_)) => {}
                 Err(error) => return Err(OfferError::Refused(error.to_string())),
             }
         }
-        let (mid, direction) = audio.ok_or(OfferError::NoAudio)?;
+        let media = rtc.media(mid).ok_or(OfferError::NoAudio)?;
+        if media.kind() != MediaKind::Audio {
+            return Err(OfferError::NoAudio);
+        }
+        let direction = media.direction();
         if direction != Direction::SendRecv {
             return Err(OfferError::Direction(direction.to_string()));
         }
