@@ -180,6 +180,9 @@ impl std::fmt::Debug for WebRtcPeer {
 /// m-line offering Opus, and its mid.
 fn precheck(sdp: &str) -> Result<String, OfferError> {
     // str0m parses the SDP; this gives the caller a precise reason.
+    if !sdp.trim_start().starts_with("v=0") {
+        return Err(OfferError::BadSdp("it does not start with v=0".to_owned()));
+    }
     struct Section {
         audio: bool,
         opus: bool,
@@ -530,5 +533,262 @@ impl WebRtcPeer {
             self.closing = None;
             self.closed = Some(cause);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use str0m::change::SdpAnswer;
+
+    const PEER: &str = "127.0.0.1:40000";
+    const BROWSER: &str = "127.0.0.1:40001";
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().expect("address")
+    }
+
+    /// A browser stand-in: a str0m peer offering one sendrecv audio track
+    /// (Opus, or only PCMU).
+    fn browser(now: Instant, opus: bool) -> (Rtc, String, str0m::change::SdpPendingOffer, Mid) {
+        let config = RtcConfig::new().clear_codecs();
+        let config = if opus {
+            config.enable_opus(true, false)
+        } else {
+            config.enable_pcmu(true, false)
+        };
+        let mut rtc = config.build(now);
+        rtc.add_local_candidate(Candidate::host(addr(BROWSER), "udp").expect("candidate"));
+        let mut change = rtc.sdp_api();
+        let mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+        let (offer, pending) = change.apply().expect("an offer");
+        (rtc, offer.to_sdp_string(), pending, mid)
+    }
+
+    #[test]
+    fn bad_offers_are_typed_errors() {
+        let now = Instant::now();
+        let local = addr(PEER);
+        let error = WebRtcPeer::accept(now, "hello, world", local).expect_err("not SDP");
+        assert!(matches!(error, OfferError::BadSdp(_)), "{error:?}");
+        let error = WebRtcPeer::accept(now, "v=0\r\nthis is not sdp\r\n", local).expect_err("bad");
+        assert_eq!(error, OfferError::NoAudio);
+        let (_, offer, _, _) = browser(now, true);
+        let broken = offer.replace("a=fingerprint", "a=nofingerprint");
+        let error = WebRtcPeer::accept(now, &broken, local).expect_err("no fingerprint");
+        assert!(matches!(error, OfferError::Refused(_)), "{error:?}");
+        let truncated = &offer[..offer.len() / 2];
+        assert!(WebRtcPeer::accept(now, truncated, local).is_err());
+        let (_, pcmu_only, _, _) = browser(now, false);
+        let error = WebRtcPeer::accept(now, &pcmu_only, local).expect_err("no opus");
+        assert_eq!(error, OfferError::NoOpus);
+        assert!(error.to_string().contains("no Opus"), "{error}");
+        let recvonly = offer.replace("a=sendrecv", "a=recvonly");
+        let error = WebRtcPeer::accept(now, &recvonly, local).expect_err("recvonly");
+        assert!(matches!(error, OfferError::Direction(_)), "{error:?}");
+        let unspecified = addr("0.0.0.0:40000");
+        let error = WebRtcPeer::accept(now, &offer, unspecified).expect_err("0.0.0.0");
+        assert!(matches!(error, OfferError::LocalAddress(..)), "{error:?}");
+    }
+
+    /// Both peers in memory on virtual time: datagrams hop straight across.
+    struct Link {
+        now: Instant,
+        peer: WebRtcPeer,
+        browser: Rtc,
+        mid: Mid,
+        heard: Vec<CallerPacket>,
+        closed: Option<PeerClosed>,
+        connected: bool,
+        browser_connected: bool,
+        browser_closed: bool,
+        browser_heard: Vec<(u64, Vec<u8>)>,
+    }
+
+    impl Link {
+        fn new() -> Link {
+            let now = Instant::now();
+            let (mut browser_rtc, offer, pending, mid) = browser(now, true);
+            let (peer, answer) = WebRtcPeer::accept(now, &offer, addr(PEER)).expect("accepted");
+            let answer = SdpAnswer::from_sdp_string(&answer).expect("answer parses");
+            browser_rtc
+                .sdp_api()
+                .accept_answer(pending, answer)
+                .expect("answer accepted");
+            Link {
+                now,
+                peer,
+                browser: browser_rtc,
+                mid,
+                heard: Vec::new(),
+                closed: None,
+                connected: false,
+                browser_connected: false,
+                browser_closed: false,
+                browser_heard: Vec::new(),
+            }
+        }
+
+        /// Drains both sides until neither has anything to send now.
+        fn pump(&mut self) {
+            for _ in 0..100 {
+                let mut moved = false;
+                loop {
+                    match self.peer.poll_output() {
+                        PeerOutput::Timeout(_) => break,
+                        PeerOutput::Transmit {
+                            destination,
+                            contents,
+                        } => {
+                            assert_eq!(destination, addr(BROWSER));
+                            moved = true;
+                            if let Ok(receive) =
+                                Receive::new(Protocol::Udp, addr(PEER), addr(BROWSER), &contents)
+                            {
+                                let _ =
+                                    self.browser.handle_input(Input::Receive(self.now, receive));
+                            }
+                        }
+                        PeerOutput::Audio(packet) => self.heard.push(packet),
+                        PeerOutput::Connected => self.connected = true,
+                        PeerOutput::Closed(closed) => self.closed = Some(closed),
+                    }
+                }
+                loop {
+                    match self.browser.poll_output() {
+                        Ok(Output::Timeout(_)) | Err(_) => break,
+                        Ok(Output::Transmit(transmit)) => {
+                            moved = true;
+                            self.peer
+                                .receive(self.now, transmit.source, &transmit.contents);
+                        }
+                        Ok(Output::Event(Event::Connected)) => self.browser_connected = true,
+                        Ok(Output::Event(Event::Closed)) => self.browser_closed = true,
+                        Ok(Output::Event(Event::MediaData(data))) => self
+                            .browser_heard
+                            .push((data.time.numer(), data.data.to_vec())),
+                        Ok(Output::Event(_)) => {}
+                    }
+                }
+                if !moved {
+                    return;
+                }
+            }
+        }
+
+        /// Advances virtual time by `step`, firing both sides' timers.
+        fn advance(&mut self, step: Duration) {
+            self.now += step;
+            self.peer.timeout(self.now);
+            let _ = self.browser.handle_input(Input::Timeout(self.now));
+            self.pump();
+        }
+
+        fn connect(&mut self) {
+            self.pump();
+            for _ in 0..200 {
+                if self.connected && self.browser_connected {
+                    return;
+                }
+                self.advance(Duration::from_millis(10));
+            }
+            panic!("no connection: {:?}", self.peer);
+        }
+    }
+
+    #[test]
+    fn audio_flows_both_ways_and_a_local_close_reaches_the_browser() {
+        let mut link = Link::new();
+        // Agent audio before the connection is up is dropped, counted.
+        let now = link.now;
+        assert!(!link.peer.send_audio(now, &[1, 2, 3], true));
+        assert_eq!(link.peer.stats().packets_not_connected, 1);
+        link.connect();
+        assert!(link.peer.is_connected());
+
+        // The browser's packets come out numbered, 960 ticks apart.
+        let mid = link.mid;
+        let pt = {
+            let writer = link.browser.writer(mid).expect("writer");
+            writer.payload_params().next().expect("opus").pt()
+        };
+        for n in 0..10u64 {
+            let now = link.now;
+            let writer = link.browser.writer(mid).expect("writer");
+            writer
+                .write(
+                    pt,
+                    now,
+                    MediaTime::new(n * TICKS_PER_PACKET, Frequency::FORTY_EIGHT_KHZ),
+                    vec![0xF8, n as u8, 0xAA],
+                )
+                .expect("write");
+            link.advance(Duration::from_millis(20));
+        }
+        assert_eq!(link.heard.len(), 10, "{:?}", link.peer.stats());
+        for pair in link.heard.windows(2) {
+            assert_eq!(pair[1].sequence, pair[0].sequence.wrapping_add(1));
+            assert_eq!(pair[1].timestamp.wrapping_sub(pair[0].timestamp), 960);
+        }
+        assert_eq!(&link.heard[3].payload[..], &[0xF8, 3, 0xAA]);
+
+        // The agent's packets reach the browser; a talkspurt after a silence
+        // jumps the RTP time by the silence.
+        for n in 0..5u8 {
+            let now = link.now;
+            assert!(link.peer.send_audio(now, &[0xF8, n], n == 0));
+            link.advance(Duration::from_millis(20));
+        }
+        link.advance(Duration::from_millis(400));
+        let now = link.now;
+        assert!(link.peer.send_audio(now, &[0xF8, 9], true));
+        link.advance(Duration::from_millis(20));
+        link.advance(Duration::from_millis(100));
+        assert_eq!(link.browser_heard.len(), 6, "{:?}", link.peer.stats());
+        assert_eq!(link.browser_heard[1].1, vec![0xF8, 1]);
+        let step = link.browser_heard[1].0 - link.browser_heard[0].0;
+        assert_eq!(step, 960);
+        let jump = link.browser_heard[5].0 - link.browser_heard[4].0;
+        assert!(
+            jump >= 960 * 20,
+            "RTP time after 400 ms of silence moved {jump}"
+        );
+        assert_eq!(link.peer.stats().packets_out, 6);
+
+        // Garbage on the port is ignored.
+        let now = link.now;
+        link.peer
+            .receive(now, addr("127.0.0.1:9"), b"\x00\x01garbage");
+        link.pump();
+        assert!(link.peer.is_connected());
+
+        // The agent hangs up: the browser learns it, the peer reports it once.
+        link.peer.close();
+        for _ in 0..100 {
+            if link.closed.is_some() {
+                break;
+            }
+            link.advance(Duration::from_millis(10));
+        }
+        assert_eq!(link.closed, Some(PeerClosed::Local));
+        assert!(link.browser_closed, "the browser saw no close");
+        assert!(link.peer.is_closed());
+        let now = link.now;
+        assert!(!link.peer.send_audio(now, &[1], false));
+    }
+
+    #[test]
+    fn the_browser_closing_ends_the_peer() {
+        let mut link = Link::new();
+        link.connect();
+        link.browser.close().expect("close");
+        for _ in 0..100 {
+            if link.closed.is_some() {
+                break;
+            }
+            link.advance(Duration::from_millis(10));
+        }
+        assert_eq!(link.closed, Some(PeerClosed::Remote));
     }
 }
