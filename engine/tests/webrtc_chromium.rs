@@ -214,6 +214,7 @@ async fn a_browser_calls_the_agent_and_hangs_up() {
         }
     }
     let during = last_report(&reports);
+    eprintln!("the browser during the call: {during}");
     assert!(
         heard_reply,
         "no agent reply reached the browser in time.\nevents: {seen:?}\nlast report: {during}\n\
@@ -274,7 +275,7 @@ async fn a_browser_calls_the_agent_and_hangs_up() {
         "{reason:?}"
     );
     assert!(stats.packets_in >= 100, "{stats:?}");
-    assert!(stats.packets_out as u64 >= received, "{stats:?}");
+    assert!(stats.packets_out >= received, "{stats:?}");
     assert_eq!(stats.packets_oversized, 0, "{stats:?}");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(worker.live_calls(), 0);

@@ -83,6 +83,8 @@ impl WirePacket {
 }
 
 /// What the worker sends a call's transport.
+// Packets are nearly every output: boxing them would allocate per frame.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum CallOutput {
     /// An agent packet to send now (one per tick while the agent speaks).
@@ -113,6 +115,8 @@ pub enum HostError {
     Worker(#[from] WorkerError),
 }
 
+// Packets are nearly every command: boxing them would allocate per frame.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     Add {
         // Boxed: calls are added rarely, packets fill the channel.
