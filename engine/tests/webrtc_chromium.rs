@@ -251,6 +251,10 @@ async fn a_browser_calls_the_agent_and_hangs_up() {
         "browser received {received} packets: {during}"
     );
     assert_eq!(during["received"]["lost"].as_i64(), Some(0), "{during}");
+    // And decoded it to sound (the scripted voice is a tone): Chromium's
+    // own measure of the audio it played out.
+    let energy = during["received"]["energy"].as_f64().unwrap_or(0.0);
+    assert!(energy > 0.01, "the agent's audio decoded silent: {during}");
 
     // The page hangs up: the engine ends the call.
     reports.hang_up.store(true, Ordering::SeqCst);
