@@ -25,11 +25,11 @@ use axum::extract::State;
 use axum::routing::post;
 use callingbox_engine::codecs::read_wav;
 use callingbox_engine::session::{MediaEvent, MediaWorker};
-use callingbox_engine::transport::spawn_worker;
 use callingbox_engine::transport::webrtc::{
     CallRefused, CallRequest, CallSetup, EndReason, PeerClosed, PeerEvent, WebRtcConfig,
     WebRtcServer, router,
 };
+use callingbox_engine::transport::{WorkerHandle, spawn_worker};
 use callingbox_engine::vad::VadBatch;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -118,21 +118,37 @@ fn chromium_log(path: &Path) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_browser_calls_the_agent_and_hangs_up() {
+/// One browser at a time: two would share the machine's 2 cores.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The engine and the browser of one test.
+struct Call {
+    dir: PathBuf,
+    worker: WorkerHandle,
+    events: mpsc::UnboundedReceiver<PeerEvent>,
+    reports: Arc<Reports>,
+    chromium: tokio::process::Child,
+    log_path: PathBuf,
+}
+
+/// Starts the engine (a worker task, the WebRTC endpoint, scripted
+/// providers; `max_call` ends the call from the engine's side) and a
+/// headless Chromium on its page.
+async fn start_call(name: &str, max_call: Option<Duration>) -> Call {
     let browser = chromium();
-    let dir = std::env::temp_dir().join(format!("callingbox-webrtc-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("callingbox-webrtc-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     let wav = caller_wav(&dir);
 
-    // The engine: a worker task, the WebRTC endpoint, scripted providers.
-    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (events_tx, events) = mpsc::unbounded_channel();
     let factory = move |_request: &CallRequest| {
         let conversation = scripted_conversation(&[BOOK_TABLE], &[REPLY])
             .map_err(|error| CallRefused(error.to_string()))?;
+        let mut media = pcmu_media();
+        media.turns.max_call_duration = max_call;
         Ok(CallSetup {
-            media: pcmu_media(),
+            media,
             link: Some(conversation.link),
             epoch: conversation.epoch,
             events: Some(events_tx.clone()),
@@ -153,10 +169,9 @@ async fn a_browser_calls_the_agent_and_hangs_up() {
     let address = listener.local_addr().expect("address");
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    // The browser.
     let log_path = dir.join("chromium.log");
     let log = std::fs::File::create(&log_path).expect("log file");
-    let mut chromium = tokio::process::Command::new(&browser)
+    let chromium = tokio::process::Command::new(&browser)
         .args([
             "--headless=new",
             "--no-sandbox",
@@ -182,7 +197,27 @@ async fn a_browser_calls_the_agent_and_hangs_up() {
         .kill_on_drop(true)
         .spawn()
         .expect("start chromium");
+    Call {
+        dir,
+        worker,
+        events,
+        reports,
+        chromium,
+        log_path,
+    }
+}
 
+impl Call {
+    async fn finish(mut self) {
+        let _ = self.chromium.kill().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_calls_the_agent_and_hangs_up() {
+    let _one = ONE_BROWSER.lock().await;
+    let mut call = start_call("user-hangs-up", None).await;
     // The call: started, connected, the caller's turn, the agent's reply
     // heard by the browser.
     let mut seen = Vec::new();
@@ -190,7 +225,7 @@ async fn a_browser_calls_the_agent_and_hangs_up() {
     let mut heard_reply = false;
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        while let Ok(event) = events.try_recv() {
+        while let Ok(event) = call.events.try_recv() {
             seen.push(event);
         }
         let agent_spoke = seen.iter().any(|event| {
@@ -199,7 +234,7 @@ async fn a_browser_calls_the_agent_and_hangs_up() {
                 PeerEvent::Media(MediaEvent::AgentAudioFinished { .. })
             )
         });
-        let received = last_report(&reports)["received"]["packets"]
+        let received = last_report(&call.reports)["received"]["packets"]
             .as_u64()
             .unwrap_or(0);
         if agent_spoke && received >= 50 {
@@ -213,13 +248,13 @@ async fn a_browser_calls_the_agent_and_hangs_up() {
             break;
         }
     }
-    let during = last_report(&reports);
+    let during = last_report(&call.reports);
     eprintln!("the browser during the call: {during}");
     assert!(
         heard_reply,
         "no agent reply reached the browser in time.\nevents: {seen:?}\nlast report: {during}\n\
          chromium:\n{}",
-        chromium_log(&log_path)
+        chromium_log(&call.log_path)
     );
     assert!(
         matches!(seen.first(), Some(PeerEvent::Started(_))),
@@ -257,10 +292,10 @@ async fn a_browser_calls_the_agent_and_hangs_up() {
     assert!(energy > 0.01, "the agent's audio decoded silent: {during}");
 
     // The page hangs up: the engine ends the call.
-    reports.hang_up.store(true, Ordering::SeqCst);
+    call.reports.hang_up.store(true, Ordering::SeqCst);
     let ended = tokio::time::timeout(Duration::from_secs(15), async {
         loop {
-            match events.recv().await {
+            match call.events.recv().await {
                 Some(PeerEvent::Ended { reason, stats }) => break Some((reason, stats)),
                 Some(other) => seen.push(other),
                 None => break None,
@@ -282,11 +317,49 @@ async fn a_browser_calls_the_agent_and_hangs_up() {
     assert!(stats.packets_out >= received, "{stats:?}");
     assert_eq!(stats.packets_oversized, 0, "{stats:?}");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(worker.live_calls(), 0);
-    assert_eq!(worker.inbound_dropped(), 0);
-    let final_report = last_report(&reports);
+    assert_eq!(call.worker.live_calls(), 0);
+    assert_eq!(call.worker.inbound_dropped(), 0);
+    let final_report = last_report(&call.reports);
     assert_eq!(final_report["state"], "ended", "{final_report}");
 
-    let _ = chromium.kill().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    call.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_ending_the_call_closes_the_browser_connection() {
+    let _one = ONE_BROWSER.lock().await;
+    // The engine ends the call 8 s in (its longest call): after the reply.
+    let mut call = start_call("agent-hangs-up", Some(Duration::from_secs(8))).await;
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match call.events.recv().await {
+                Some(PeerEvent::Ended { reason, stats }) => break Some((reason, stats)),
+                Some(_) => {}
+                None => break None,
+            }
+        }
+    })
+    .await
+    .expect("the engine ends the call")
+    .expect("an Ended event");
+    let (reason, stats) = ended;
+    assert_eq!(reason, EndReason::HungUp, "{stats:?}");
+    assert!(stats.packets_in >= 100, "{stats:?}");
+    assert_eq!(call.worker.live_calls(), 0);
+    // The browser saw its connection closed without being asked to hang up.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut page = last_report(&call.reports);
+    while page["state"] != "ended" && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        page = last_report(&call.reports);
+    }
+    assert!(!call.reports.hang_up.load(Ordering::SeqCst));
+    assert_eq!(
+        page["state"],
+        "ended",
+        "the page did not see the hang-up: {page}\nchromium:\n{}",
+        chromium_log(&call.log_path)
+    );
+    assert_eq!(page["error"], Value::Null, "{page}");
+    call.finish().await;
 }
