@@ -29,7 +29,7 @@ use callingbox_engine::transport::media_stream::{
     CallSetup, EndReason, MarkEcho, MediaStreamServer, StreamEvent, StreamStart, serve,
 };
 use callingbox_engine::transport::{
-    CallSpec, WirePacket, WorkerHandle, spawn_worker, spawn_worker_thread,
+    CallSpec, PACKET_MAX, WirePacket, WorkerHandle, spawn_worker, spawn_worker_thread,
 };
 use callingbox_engine::turns::TurnConfig;
 use callingbox_engine::vad::{VadBatch, VadGateConfig};
@@ -744,7 +744,7 @@ async fn a_worker_thread_takes_calls_and_ends_when_its_handles_drop() {
             .is_none()
     );
     assert_eq!(worker.live_calls(), 0);
-    assert!(WirePacket::new(0, 0, false, &[0; 161]).is_none());
+    assert!(WirePacket::new(0, 0, false, &[0; PACKET_MAX + 1]).is_none());
     drop(worker);
     let worker = tokio::task::spawn_blocking(move || thread.join().expect("join"))
         .await

@@ -10,11 +10,13 @@
 //! carrier by forwarding them as they come.
 //!
 //! [`media_stream`] is the Twilio Media Streams WebSocket (bidirectional
-//! `<Connect><Stream>`), which Telnyx also speaks.
+//! `<Connect><Stream>`), which Telnyx also speaks; [`webrtc`] is a browser
+//! calling over WebRTC (Opus both ways).
 
 pub mod media_stream;
 pub mod rtp;
 pub mod sip;
+pub mod webrtc;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,8 +34,10 @@ use crate::session::{
 
 /// The worker's tick.
 pub const TICK: Duration = Duration::from_millis(20);
-/// The largest packet the channels carry: one 20 ms G.711 frame (8 kHz).
-pub const PACKET_MAX: usize = 160;
+/// The largest packet the channels carry: one 20 ms G.711 frame (160
+/// bytes) or one 20 ms Opus packet (WebRTC: up to 64 kbit/s with in-band
+/// FEC; the outbound queue's Opus slot is as large).
+pub const PACKET_MAX: usize = 400;
 /// Commands the worker's inbound channel holds (packets of all its calls).
 const COMMAND_CAPACITY: usize = 1024;
 /// Outputs a call's channel holds before the worker drops them (~1.3 s).
@@ -44,7 +48,7 @@ const OUTPUT_CAPACITY: usize = 64;
 pub struct WirePacket {
     /// RTP-style sequence number.
     pub sequence: u16,
-    /// RTP-style timestamp (8 kHz for G.711).
+    /// RTP-style timestamp (8 kHz for G.711, 48 kHz for Opus).
     pub timestamp: u32,
     /// The segment (agent reply) the packet belongs to; 0 for inbound.
     pub segment: u32,
@@ -79,6 +83,8 @@ impl WirePacket {
 }
 
 /// What the worker sends a call's transport.
+// Packets are nearly every output: boxing them would allocate per frame.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum CallOutput {
     /// An agent packet to send now (one per tick while the agent speaks).
@@ -109,6 +115,8 @@ pub enum HostError {
     Worker(#[from] WorkerError),
 }
 
+// Packets are nearly every command: boxing them would allocate per frame.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     Add {
         // Boxed: calls are added rarely, packets fill the channel.
