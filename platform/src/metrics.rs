@@ -105,6 +105,34 @@ impl Metrics {
             let n: i64 = row.try_get("n")?;
             let _ = writeln!(out, "callingbox_calls{{status=\"{status}\"}} {n}");
         }
+        out.push_str("# HELP callingbox_webhook_deliveries Webhook deliveries by status (pending, delivered, exhausted).\n# TYPE callingbox_webhook_deliveries gauge\n");
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) AS n FROM webhook_deliveries GROUP BY status ORDER BY status",
+        )
+        .fetch_all(store.pool())
+        .await?;
+        for row in rows {
+            let status: String = row.try_get("status")?;
+            let n: i64 = row.try_get("n")?;
+            let _ = writeln!(
+                out,
+                "callingbox_webhook_deliveries{{status=\"{status}\"}} {n}"
+            );
+        }
+        // Every attempt is a row (the deliveries API lists them), so the
+        // counter survives restarts and counts every node's attempts.
+        out.push_str("# HELP callingbox_webhook_attempts_total Webhook delivery attempts by outcome.\n# TYPE callingbox_webhook_attempts_total counter\n");
+        let row =
+            sqlx::query("SELECT COUNT(*) AS total, COUNT(error) AS failed FROM webhook_attempts")
+                .fetch_one(store.pool())
+                .await?;
+        let total: i64 = row.try_get("total")?;
+        let failed: i64 = row.try_get("failed")?;
+        let _ = writeln!(
+            out,
+            "callingbox_webhook_attempts_total{{outcome=\"succeeded\"}} {}\ncallingbox_webhook_attempts_total{{outcome=\"failed\"}} {failed}",
+            total - failed
+        );
         out.push_str("# HELP callingbox_turn_latency_seconds Per-turn latency by stage.\n# TYPE callingbox_turn_latency_seconds histogram\n");
         self.voice_to_voice.render(
             &mut out,

@@ -260,6 +260,21 @@ async fn failing_receivers_are_recorded_as_failed_attempts_with_a_clear_error() 
             Dispatcher::new(store.clone(), shared.clone(), settings(true)).expect("dispatcher");
         let made = dispatcher.deliver_due().await.expect("delivers");
         assert_eq!(made, cases.len(), "{backend}");
+        // Prometheus sees the failed attempts and the deliveries left pending.
+        let metrics = callingbox::metrics::Metrics::default()
+            .render(&store)
+            .await
+            .expect("metrics");
+        for line in [
+            "callingbox_webhook_deliveries{status=\"pending\"} 5",
+            "callingbox_webhook_attempts_total{outcome=\"failed\"} 5",
+            "callingbox_webhook_attempts_total{outcome=\"succeeded\"} 0",
+        ] {
+            assert!(
+                metrics.lines().any(|l| l == line),
+                "{backend}: {line} in {metrics}"
+            );
+        }
         assert!(
             receiver.hits_on("/ok").is_empty(),
             "the redirect was not followed"
