@@ -102,9 +102,16 @@ impl SipMessage {
         for line in lines {
             if line.starts_with([' ', '\t']) {
                 // A folded continuation line belongs to the header before.
+                // Folding whitespace reads as one space (RFC 3261, 7.3.1); an
+                // empty side adds none, so a message written back reads the same.
                 let (_, value) = headers.last_mut().ok_or(ParseError::Headers)?;
-                value.push(' ');
-                value.push_str(line.trim());
+                let more = line.trim();
+                if !more.is_empty() {
+                    if !value.is_empty() {
+                        value.push(' ');
+                    }
+                    value.push_str(more);
+                }
                 continue;
             }
             let (name, value) = line.split_once(':').ok_or(ParseError::Headers)?;
@@ -228,15 +235,21 @@ impl SipMessage {
     }
 }
 
-/// The URI of a name-addr (`"Bob" <sip:bob@host>;tag=1`) or addr-spec.
+/// The URI of a name-addr (`"Bob" <sip:bob@host>;tag=1`) or addr-spec;
+/// `None` unless it can be a Request-URI (a scheme, no whitespace): it is
+/// where in-dialog requests go, and a peer's junk must not make them invalid.
 pub fn name_addr_uri(value: &str) -> Option<&str> {
-    match value.find('<') {
+    let uri = match value.find('<') {
         Some(open) => {
             let rest = &value[open + 1..];
             rest.find('>').map(|close| &rest[..close])
         }
         None => value.split(';').next().map(str::trim),
-    }
+    }?;
+    let usable = uri.split_once(':').is_some_and(|(scheme, rest)| {
+        !scheme.is_empty() && !rest.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric())
+    }) && !uri.chars().any(|c| c.is_whitespace() || c.is_control());
+    usable.then_some(uri)
 }
 
 /// The user part of a SIP URI (`sip:user@host`), if it has one.
