@@ -1075,3 +1075,648 @@ fn the_uac_survives_mutated_answers_and_challenges() {
     }
     assert_eq!(uac.tracked_calls(), 0, "{} calls dialed", seen_calls.len());
 }
+
+// ---------------------------------------------------------------------------
+// Against the UDP server
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use callingbox_engine::session::MediaWorker;
+use callingbox_engine::transport::sip::{
+    IncomingCall, SipCallSetup, SipConfig, SipEnd, SipEvent, SipLoad, SipServer,
+};
+use callingbox_engine::transport::spawn_worker;
+use callingbox_engine::vad::{ModelError, ModelFile, VadBatch};
+use common::scripted_call::pcmu_media;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+struct Server {
+    sip: SocketAddr,
+    load: SipLoad,
+    events: mpsc::UnboundedReceiver<SipEvent>,
+    /// The cancel token of every call the factory opened.
+    opened: Arc<Mutex<Vec<CancellationToken>>>,
+}
+
+/// A server on 127.0.0.1 answering number 1000; calls carry no agent (the
+/// SIP layer is under test), so opening one is cheap.
+async fn start_server(rtp_ports: std::ops::RangeInclusive<u16>, answer_after: Duration) -> Server {
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let opened = Arc::new(Mutex::new(Vec::new()));
+    let made = Arc::clone(&opened);
+    let factory = move |_call: &IncomingCall| {
+        let cancel = CancellationToken::new();
+        made.lock().expect("lock").push(cancel.clone());
+        Ok(SipCallSetup {
+            media: pcmu_media(),
+            link: None,
+            epoch: std::time::Instant::now(),
+            events: Some(events_tx.clone()),
+            cancel,
+            tap: None,
+        })
+    };
+    let missing = ModelError::NotFound {
+        file: ModelFile::SileroVad,
+        tried: std::path::PathBuf::from("(not loaded on purpose)"),
+    };
+    let vad = VadBatch::from_load_result(Err(missing), 4);
+    let (worker, _task) = spawn_worker(MediaWorker::new(vad, None));
+    let mut config = SipConfig::new("127.0.0.1:0".parse().expect("addr"));
+    config.rtp_ports = rtp_ports;
+    config.numbers = vec!["1000".into()];
+    config.answer_after = answer_after;
+    let server = SipServer::bind(config, worker, factory)
+        .await
+        .expect("bind SIP");
+    let sip = server.local_addr();
+    let load = server.load();
+    tokio::spawn(server.run());
+    Server {
+        sip,
+        load,
+        events,
+        opened,
+    }
+}
+
+/// A SIP peer socket on 127.0.0.1.
+struct Peer {
+    socket: UdpSocket,
+    server: SocketAddr,
+}
+
+impl Peer {
+    async fn new(server: SocketAddr) -> Peer {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        Peer { socket, server }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.socket.local_addr().expect("addr")
+    }
+
+    async fn send(&self, bytes: &[u8]) {
+        self.socket.send_to(bytes, self.server).await.expect("send");
+    }
+
+    /// The next message from the server within `wait`; whatever the server
+    /// sends must be valid SIP.
+    async fn recv(&self, wait: Duration) -> Option<SipMessage> {
+        let mut buffer = vec![0u8; 65_536];
+        let (length, from) = tokio::time::timeout(wait, self.socket.recv_from(&mut buffer))
+            .await
+            .ok()?
+            .expect("recv");
+        assert_eq!(from, self.server);
+        let bytes = &buffer[..length];
+        Some(SipMessage::parse(bytes).unwrap_or_else(|error| {
+            panic!(
+                "the server sent invalid SIP ({error}): {:?}",
+                String::from_utf8_lossy(bytes)
+            )
+        }))
+    }
+
+    /// Waits for a response with `status` (skipping provisional ones).
+    async fn expect_status(&self, status: u16) -> SipMessage {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let message = self
+                .recv(left)
+                .await
+                .unwrap_or_else(|| panic!("no {status} came"));
+            match message.status() {
+                Some(code) if code == status => return message,
+                Some(code) if code < 200 => {}
+                other => panic!("expected {status}, got {other:?}: {message:?}"),
+            }
+        }
+    }
+
+    /// Nothing comes back within `wait`.
+    async fn expect_silence(&self, wait: Duration, what: &str) {
+        if let Some(message) = self.recv(wait).await {
+            panic!("{what}: expected no answer, got {message:?}");
+        }
+    }
+
+    /// An OPTIONS gets its 200; returns how long it took.
+    async fn ping(&self, n: usize) -> Duration {
+        let started = std::time::Instant::now();
+        let options = request(
+            &Req::new(
+                "OPTIONS",
+                &format!("ping-{n}"),
+                &format!("z9hG4bK-ping-{n}"),
+            ),
+            self.addr(),
+        );
+        self.send(options.as_bytes()).await;
+        let ok = self.expect_status(200).await;
+        assert_eq!(ok.call_id(), Some(format!("ping-{n}").as_str()));
+        started.elapsed()
+    }
+}
+
+/// What a request is made of.
+struct Req<'a> {
+    method: &'a str,
+    call_id: &'a str,
+    branch: &'a str,
+    from_tag: &'a str,
+    to_tag: Option<&'a str>,
+    cseq: u32,
+    body: &'a str,
+    user: &'a str,
+}
+
+impl<'a> Req<'a> {
+    fn new(method: &'a str, call_id: &'a str, branch: &'a str) -> Self {
+        Req {
+            method,
+            call_id,
+            branch,
+            from_tag: "peer",
+            to_tag: None,
+            cseq: 1,
+            body: "",
+            user: "1000",
+        }
+    }
+}
+
+/// A request from `peer`: every mandatory header, Content-Length right.
+fn request(req: &Req<'_>, peer: SocketAddr) -> String {
+    let to_tag = req
+        .to_tag
+        .map(|tag| format!(";tag={tag}"))
+        .unwrap_or_default();
+    let content_type = if req.body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/sdp\r\n"
+    };
+    format!(
+        "{method} sip:{user}@127.0.0.1 SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {peer};branch={branch};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:peer@{peer}>;tag={from_tag}\r\n\
+         To: <sip:{user}@127.0.0.1>{to_tag}\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: {cseq} {method}\r\n\
+         Contact: <sip:peer@{peer}>\r\n\
+         {content_type}Content-Length: {length}\r\n\r\n{body}",
+        method = req.method,
+        user = req.user,
+        branch = req.branch,
+        from_tag = req.from_tag,
+        call_id = req.call_id,
+        cseq = req.cseq,
+        length = req.body.len(),
+        body = req.body,
+    )
+}
+
+/// `text` without its header line starting with `name:`.
+fn without_header(text: &str, name: &str) -> String {
+    text.split("\r\n")
+        .filter(|line| !line.starts_with(&format!("{name}:")))
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_datagrams_get_the_answers_peers_rely_on() {
+    let server = start_server(45_000..=45_099, Duration::ZERO).await;
+    let fresh = || Peer::new(server.sip);
+    let quiet = Duration::from_millis(300);
+
+    // Garbage, keep-alives, stray responses, non-UTF-8: dropped, no answer.
+    let peer = fresh().await;
+    let mut rng = Rng::new(0x5EED_0007);
+    for _ in 0..50 {
+        peer.send(&rng.bytes(1_400)).await;
+    }
+    for junk in [
+        &b""[..],
+        b"\r\n\r\n",
+        b"\xff\xfe\xfd INVITE",
+        b"hello world\r\n\r\n",
+        ok_seed().as_bytes(),
+        unauthorized_seed().as_bytes(),
+    ] {
+        peer.send(junk).await;
+    }
+    peer.expect_silence(quiet, "garbage").await;
+
+    let offer = OFFER_SDP;
+    let invite = |peer: &Peer, call_id: &str| {
+        let mut req = Req::new("INVITE", call_id, "z9hG4bK-bad");
+        req.body = offer;
+        request(&req, peer.addr())
+    };
+
+    // A truncated INVITE (the datagram ends inside the headers or the body),
+    // a Content-Length past the body, negative or not a number: not a
+    // message (RFC 3261, 18.3), dropped.
+    let peer = fresh().await;
+    let whole = invite(&peer, "truncated");
+    for cut in [10, whole.len() / 2, whole.len() - 10] {
+        peer.send(&whole.as_bytes()[..cut]).await;
+    }
+    for length in ["99999", "-1", "abc", "18446744073709551616"] {
+        let text = whole.replace(
+            &format!("Content-Length: {}", offer.len()),
+            &format!("Content-Length: {length}"),
+        );
+        peer.send(text.as_bytes()).await;
+    }
+    // No Via: nowhere to answer.
+    peer.send(without_header(&whole, "Via").as_bytes()).await;
+    peer.expect_silence(quiet, "truncated / bad length / no Via")
+        .await;
+
+    // Enough to answer but a mandatory header missing: 400 naming it.
+    for (header, reason) in [
+        ("Call-ID", "Missing Call-ID"),
+        ("CSeq", "Missing CSeq"),
+        ("From", "Missing From"),
+        ("To", "Missing To"),
+    ] {
+        let peer = fresh().await;
+        let text = without_header(&invite(&peer, &format!("no-{header}")), header);
+        peer.send(text.as_bytes()).await;
+        let bad = peer.expect_status(400).await;
+        assert!(
+            matches!(&bad.start, StartLine::Response { reason: r, .. } if r == reason),
+            "{bad:?}"
+        );
+        assert!(bad.branch().is_some(), "answered on the request's Via");
+        peer.expect_silence(quiet, header).await;
+    }
+    // A CSeq whose method is not the request's.
+    let peer = fresh().await;
+    let text = invite(&peer, "cseq-mismatch").replace("CSeq: 1 INVITE", "CSeq: 1 BYE");
+    peer.send(text.as_bytes()).await;
+    peer.expect_status(400).await;
+
+    // No common codec (G.729 only), no audio, no offer at all: 488.
+    for (name, body) in [
+        (
+            "g729",
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio 5000 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n",
+        ),
+        (
+            "pcmu-16k",
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio 5000 RTP/AVP 96\r\na=rtpmap:96 PCMU/16000\r\n",
+        ),
+        (
+            "video",
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=video 5000 RTP/AVP 96\r\n",
+        ),
+        ("late-offer", ""),
+    ] {
+        let peer = fresh().await;
+        let mut req = Req::new("INVITE", name, "z9hG4bK-codec");
+        req.body = body;
+        peer.send(request(&req, peer.addr()).as_bytes()).await;
+        let refused = peer.expect_status(488).await;
+        assert_eq!(refused.call_id(), Some(name));
+        assert!(refused.to_tag().is_some(), "a final answer has a To tag");
+    }
+    // An SDP that is not SDP: 400. An unknown number: 404. A method we do
+    // not know: 405.
+    let peer = fresh().await;
+    let mut req = Req::new("INVITE", "not-sdp", "z9hG4bK-notsdp");
+    req.body = "this is not SDP\r\n";
+    peer.send(request(&req, peer.addr()).as_bytes()).await;
+    peer.expect_status(400).await;
+    let peer = fresh().await;
+    let mut req = Req::new("INVITE", "unknown-number", "z9hG4bK-404");
+    req.body = offer;
+    req.user = "9999";
+    peer.send(request(&req, peer.addr()).as_bytes()).await;
+    peer.expect_status(404).await;
+    let peer = fresh().await;
+    let req = Req::new("FOO", "foo", "z9hG4bK-foo");
+    peer.send(request(&req, peer.addr()).as_bytes()).await;
+    peer.expect_status(405).await;
+
+    // Mutated requests by the hundred: whatever comes back is valid SIP
+    // (checked by `recv`), nothing comes back for what is not SIP.
+    let peer = fresh().await;
+    let seeds = vec![
+        invite(&peer, "mutant"),
+        request(&Req::new("OPTIONS", "mutant-o", "z9hG4bK-mo"), peer.addr()),
+        request(&Req::new("BYE", "mutant-b", "z9hG4bK-mb"), peer.addr()),
+    ];
+    let mut answers = 0;
+    for round in 0..300 {
+        let seed = rng
+            .pick(&seeds)
+            .replace("mutant", &format!("mutant-{round}"));
+        let mut bytes = seed.into_bytes();
+        for _ in 0..1 + rng.below(3) {
+            mutate_sip(&mut rng, &mut bytes, &seeds);
+        }
+        bytes.truncate(60_000);
+        peer.send(&bytes).await;
+        while peer.recv(Duration::from_millis(2)).await.is_some() {
+            answers += 1;
+        }
+    }
+    while peer.recv(quiet).await.is_some() {
+        answers += 1;
+    }
+    assert!(answers > 50, "only {answers} answers to 300 mutants");
+
+    // After all of that the server still answers.
+    let peer = fresh().await;
+    let took = peer.ping(1).await;
+    assert!(took < Duration::from_secs(1), "OPTIONS took {took:?}");
+    drop(server.events);
+}
+
+/// The flood's view of one call, from the peer's side.
+#[derive(Debug, Default)]
+struct FloodCall {
+    /// Statuses received for the INVITE.
+    invite_statuses: Vec<u16>,
+    /// The To tag of the server's answer.
+    to_tag: Option<String>,
+    /// Statuses received for the CANCEL / BYE.
+    other_statuses: Vec<(String, u16)>,
+    /// The server's BYE came (after its ACK timeout), answered 481.
+    server_bye: bool,
+}
+
+const FLOOD_CALLS: usize = 200;
+const FLOOD_BATCH: usize = 20;
+
+/// What the attacker sees of every call, and its answers to the server's BYEs.
+struct Flood {
+    peer: Peer,
+    calls: HashMap<String, FloodCall>,
+    unknown_bye_481: usize,
+}
+
+impl Flood {
+    fn call_id(i: usize) -> String {
+        format!("flood-{i}")
+    }
+
+    fn invite(&self, i: usize) -> String {
+        let (call_id, branch) = (Self::call_id(i), format!("z9hG4bK-flood-{i}"));
+        let mut req = Req::new("INVITE", &call_id, &branch);
+        req.body = OFFER_SDP;
+        request(&req, self.peer.addr())
+    }
+
+    fn in_transaction(&self, i: usize, method: &str) -> String {
+        let (call_id, branch) = (Self::call_id(i), format!("z9hG4bK-flood-{i}"));
+        let mut req = Req::new(method, &call_id, &branch);
+        if method == "ACK" {
+            req.to_tag = self.calls[&call_id].to_tag.as_deref();
+        }
+        request(&req, self.peer.addr())
+    }
+
+    fn bye(&self, i: usize) -> String {
+        let (call_id, branch) = (Self::call_id(i), format!("z9hG4bK-flood-bye-{i}"));
+        let mut req = Req::new("BYE", &call_id, &branch);
+        req.to_tag = self.calls[&call_id].to_tag.as_deref();
+        req.cseq = 2;
+        request(&req, self.peer.addr())
+    }
+
+    /// Reads what the server sends for up to `wait` (until `done` holds).
+    async fn pump(&mut self, wait: Duration, done: impl Fn(&Flood) -> bool) {
+        let deadline = tokio::time::Instant::now() + wait;
+        while !done(self) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let Some(message) = self.peer.recv(left).await else {
+                return;
+            };
+            let call_id = message.call_id().unwrap_or_default().to_owned();
+            if message.method() == Some("BYE") {
+                // A flooder has forgotten its calls: 481 to the server's BYE.
+                let text = response(&message, 481, None, self.peer.server, &[], None);
+                self.peer.send(text.as_bytes()).await;
+                if let Some(call) = self.calls.get_mut(&call_id) {
+                    call.server_bye = true;
+                }
+                continue;
+            }
+            let (Some(status), Some((_, method))) = (message.status(), message.cseq()) else {
+                continue;
+            };
+            match self.calls.get_mut(&call_id) {
+                Some(call) if method == "INVITE" => {
+                    if call.invite_statuses.last() != Some(&status) {
+                        call.invite_statuses.push(status);
+                    }
+                    if let Some(tag) = message.to_tag() {
+                        call.to_tag = Some(tag.to_owned());
+                    }
+                }
+                Some(call) => call.other_statuses.push((method.to_owned(), status)),
+                None if method == "BYE" && status == 481 => self.unknown_bye_481 += 1,
+                None => {}
+            }
+        }
+    }
+
+    fn got(&self, i: usize, status: u16) -> bool {
+        self.calls[&Self::call_id(i)]
+            .invite_statuses
+            .contains(&status)
+    }
+}
+
+/// 200 INVITEs with distinct Call-IDs that are never completed: half are
+/// cancelled while ringing (half of those never ACK the 487), of the answered
+/// half, some hang up with a BYE before any ACK and the others never ACK at
+/// all (and answer the server's BYE with 481). Plus BYEs for dialogs that do
+/// not exist. The server stays responsive, and every call it tracked is
+/// released: by the BYE at once, by timer I (T4 = 5 s) after the ACK of the
+/// 487, by timer H (64*T1 = 32 s) without it, by the ACK timeout (64*T1)
+/// and our BYE's 481. Runs ~36 s on wall-clock time (the driver's timers are
+/// tokio's; real sockets do not mix with a paused clock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_flood_leaks_no_call_state() {
+    let started = std::time::Instant::now();
+    let mut server = start_server(45_200..=45_799, Duration::from_secs(2)).await;
+    let probe = Peer::new(server.sip).await;
+    let mut flood = Flood {
+        peer: Peer::new(server.sip).await,
+        calls: (0..FLOOD_CALLS)
+            .map(|i| (Flood::call_id(i), FloodCall::default()))
+            .collect(),
+        unknown_bye_481: 0,
+    };
+    let mut slowest_ping = Duration::ZERO;
+    let mut pings = 0;
+
+    // The flood, in batches (a UDP socket's buffer holds only so much): each
+    // batch rings, then its even calls are cancelled at once.
+    for batch in (0..FLOOD_CALLS).step_by(FLOOD_BATCH) {
+        let range = batch..batch + FLOOD_BATCH;
+        for attempt in 0..4 {
+            for i in range.clone() {
+                if !flood.got(i, 180) {
+                    let invite = flood.invite(i);
+                    flood.peer.send(invite.as_bytes()).await;
+                }
+            }
+            let range = range.clone();
+            flood
+                .pump(Duration::from_millis(500 << attempt), move |f| {
+                    range.clone().all(|i| f.got(i, 180))
+                })
+                .await;
+        }
+        for i in range.clone() {
+            assert!(
+                flood.got(i, 180),
+                "call {i} never rang: {:?}",
+                flood.calls[&Flood::call_id(i)]
+            );
+            if i % 2 == 0 {
+                let cancel = flood.in_transaction(i, "CANCEL");
+                flood.peer.send(cancel.as_bytes()).await;
+            }
+        }
+        // Responsive during the flood.
+        pings += 1;
+        slowest_ping = slowest_ping.max(probe.ping(pings).await);
+    }
+    // BYEs of dialogs that never existed: 481.
+    for i in 0..50 {
+        let (call_id, branch) = (format!("ghost-{i}"), format!("z9hG4bK-ghost-{i}"));
+        let mut req = Req::new("BYE", &call_id, &branch);
+        req.to_tag = Some("nobody");
+        flood
+            .peer
+            .send(request(&req, flood.peer.addr()).as_bytes())
+            .await;
+    }
+    // The cancelled ones get 487, the others their 200 after the 2 s ring.
+    flood
+        .pump(Duration::from_secs(10), |f| {
+            (0..FLOOD_CALLS).all(|i| f.got(i, if i % 2 == 0 { 487 } else { 200 }))
+                && f.unknown_bye_481 == 50
+        })
+        .await;
+    assert_eq!(flood.unknown_bye_481, 50);
+    for i in 0..FLOOD_CALLS {
+        let expected = if i % 2 == 0 { 487 } else { 200 };
+        let call = &flood.calls[&Flood::call_id(i)];
+        assert!(
+            call.invite_statuses.contains(&expected),
+            "call {i}: {call:?}"
+        );
+        if i % 2 == 0 {
+            assert!(
+                call.other_statuses.contains(&("CANCEL".into(), 200)),
+                "call {i}: {call:?}"
+            );
+        }
+    }
+    assert_eq!(server.load.tracked_calls(), FLOOD_CALLS);
+    assert_eq!(
+        server.load.calls_in_setup(),
+        FLOOD_CALLS / 2,
+        "the answered ones wait for their ACK"
+    );
+    // Half the 487s are ACKed; a quarter of the calls hang up before any ACK.
+    for i in 0..FLOOD_CALLS {
+        let text = match i % 4 {
+            0 => flood.in_transaction(i, "ACK"),
+            1 => flood.bye(i),
+            _ => continue,
+        };
+        flood.peer.send(text.as_bytes()).await;
+    }
+    pings += 1;
+    slowest_ping = slowest_ping.max(probe.ping(pings).await);
+
+    // Then nothing more from the peer but 481s to the server's BYEs: every
+    // call is released by the timers.
+    let released = started + Duration::from_secs(50);
+    let load = server.load.clone();
+    while std::time::Instant::now() < released
+        && (load.tracked_calls() + load.calls_in_setup() + load.live_calls()) > 0
+    {
+        flood.pump(Duration::from_secs(2), |_| false).await;
+        pings += 1;
+        slowest_ping = slowest_ping.max(probe.ping(pings).await);
+    }
+    let took = started.elapsed();
+    assert_eq!(
+        (
+            load.tracked_calls(),
+            load.calls_in_setup(),
+            load.live_calls()
+        ),
+        (0, 0, 0),
+        "calls still held after {took:?}"
+    );
+    for i in 0..FLOOD_CALLS {
+        let call = &flood.calls[&Flood::call_id(i)];
+        if i % 4 == 1 {
+            assert!(
+                call.other_statuses.contains(&("BYE".into(), 200)),
+                "call {i}: {call:?}"
+            );
+        }
+        // The calls never ACKed were hung up with a BYE (RFC 3261, 13.3.1.4).
+        assert_eq!(call.server_bye, i % 4 == 3, "call {i}: {call:?}");
+    }
+    assert!(
+        slowest_ping < Duration::from_secs(2),
+        "an OPTIONS took {slowest_ping:?}"
+    );
+
+    // Every call opened was ended once, for the reason its peer gave, and
+    // what the application set up for it was stopped.
+    let mut reasons: HashMap<String, usize> = HashMap::new();
+    let mut rang = 0;
+    while let Ok(Some(event)) =
+        tokio::time::timeout(Duration::from_millis(200), server.events.recv()).await
+    {
+        match event {
+            SipEvent::Ringing(_) => rang += 1,
+            SipEvent::Ended { reason, .. } => {
+                *reasons.entry(format!("{reason:?}")).or_default() += 1
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(rang, FLOOD_CALLS);
+    let expected: HashMap<String, usize> = [
+        (format!("{:?}", SipEnd::Canceled), FLOOD_CALLS / 2),
+        (format!("{:?}", SipEnd::RemoteBye), FLOOD_CALLS / 4),
+        (format!("{:?}", SipEnd::AckTimeout), FLOOD_CALLS / 4),
+    ]
+    .into();
+    assert_eq!(reasons, expected);
+    let opened = server.opened.lock().expect("lock");
+    assert_eq!(opened.len(), FLOOD_CALLS);
+    assert!(opened.iter().all(CancellationToken::is_cancelled));
+    println!(
+        "flood: {FLOOD_CALLS} INVITEs released in {took:?}; {pings} OPTIONS, slowest {slowest_ping:?}"
+    );
+}
