@@ -1323,25 +1323,39 @@ async fn malformed_datagrams_get_the_answers_peers_rely_on() {
         request(&req, peer.addr())
     };
 
-    // A truncated INVITE (the datagram ends inside the headers or the body),
-    // a Content-Length past the body, negative or not a number: not a
-    // message (RFC 3261, 18.3), dropped.
+    // A truncated INVITE (the datagram ends inside the headers), no Via
+    // (nowhere to answer): dropped.
     let peer = fresh().await;
     let whole = invite(&peer, "truncated");
-    for cut in [10, whole.len() / 2, whole.len() - 10] {
+    let head_end = whole.find("\r\n\r\n").expect("a head");
+    for cut in [10, head_end / 2, head_end + 2] {
         peer.send(&whole.as_bytes()[..cut]).await;
     }
-    for length in ["99999", "-1", "abc", "18446744073709551616"] {
-        let text = whole.replace(
-            &format!("Content-Length: {}", offer.len()),
-            &format!("Content-Length: {length}"),
-        );
-        peer.send(text.as_bytes()).await;
-    }
-    // No Via: nowhere to answer.
     peer.send(without_header(&whole, "Via").as_bytes()).await;
-    peer.expect_silence(quiet, "truncated / bad length / no Via")
+    peer.expect_silence(quiet, "truncated headers / no Via")
         .await;
+    // The datagram ends inside the body, or Content-Length is past the
+    // body, negative, not a number, overflowing: 400 (RFC 3261, 18.3).
+    let cut_body = whole[..whole.len() - 10].to_owned();
+    for length in ["", "99999", "-1", "abc", "18446744073709551616"] {
+        let peer = fresh().await;
+        let text = if length.is_empty() {
+            cut_body.clone()
+        } else {
+            whole.replace(
+                &format!("Content-Length: {}", offer.len()),
+                &format!("Content-Length: {length}"),
+            )
+        };
+        peer.send(text.as_bytes()).await;
+        let bad = peer.expect_status(400).await;
+        assert!(
+            matches!(&bad.start, StartLine::Response { reason, .. } if reason == "Bad Content-Length"),
+            "{length:?}: {bad:?}"
+        );
+        assert_eq!(bad.call_id(), Some("truncated"));
+        peer.expect_silence(quiet, length).await;
+    }
 
     // Enough to answer but a mandatory header missing: 400 naming it.
     for (header, reason) in [

@@ -83,6 +83,17 @@ fn is_header(name: &str, full: &str) -> bool {
 impl SipMessage {
     /// Parses one datagram.
     pub fn parse(bytes: &[u8]) -> Result<SipMessage, ParseError> {
+        Self::parse_with(bytes, true)
+    }
+
+    /// The start line and headers of a datagram, its body left empty and
+    /// `Content-Length` not checked: enough to answer a request whose body
+    /// is not what it announced with 400 (RFC 3261, section 18.3).
+    pub fn parse_head(bytes: &[u8]) -> Result<SipMessage, ParseError> {
+        Self::parse_with(bytes, false)
+    }
+
+    fn parse_with(bytes: &[u8], with_body: bool) -> Result<SipMessage, ParseError> {
         if bytes.len() > MESSAGE_MAX {
             return Err(ParseError::NotText);
         }
@@ -126,6 +137,9 @@ impl SipMessage {
             headers,
             body: String::new(),
         };
+        if !with_body {
+            return Ok(message);
+        }
         let body = match message.header("content-length") {
             Some(length) => {
                 let length: usize = length.parse().map_err(|_| ParseError::ContentLength)?;
