@@ -83,6 +83,17 @@ fn is_header(name: &str, full: &str) -> bool {
 impl SipMessage {
     /// Parses one datagram.
     pub fn parse(bytes: &[u8]) -> Result<SipMessage, ParseError> {
+        Self::parse_with(bytes, true)
+    }
+
+    /// The start line and headers of a datagram, its body left empty and
+    /// `Content-Length` not checked: enough to answer a request whose body
+    /// is not what it announced with 400 (RFC 3261, section 18.3).
+    pub fn parse_head(bytes: &[u8]) -> Result<SipMessage, ParseError> {
+        Self::parse_with(bytes, false)
+    }
+
+    fn parse_with(bytes: &[u8], with_body: bool) -> Result<SipMessage, ParseError> {
         if bytes.len() > MESSAGE_MAX {
             return Err(ParseError::NotText);
         }
@@ -102,9 +113,16 @@ impl SipMessage {
         for line in lines {
             if line.starts_with([' ', '\t']) {
                 // A folded continuation line belongs to the header before.
+                // Folding whitespace reads as one space (RFC 3261, 7.3.1); an
+                // empty side adds none, so a message written back reads the same.
                 let (_, value) = headers.last_mut().ok_or(ParseError::Headers)?;
-                value.push(' ');
-                value.push_str(line.trim());
+                let more = line.trim();
+                if !more.is_empty() {
+                    if !value.is_empty() {
+                        value.push(' ');
+                    }
+                    value.push_str(more);
+                }
                 continue;
             }
             let (name, value) = line.split_once(':').ok_or(ParseError::Headers)?;
@@ -119,6 +137,9 @@ impl SipMessage {
             headers,
             body: String::new(),
         };
+        if !with_body {
+            return Ok(message);
+        }
         let body = match message.header("content-length") {
             Some(length) => {
                 let length: usize = length.parse().map_err(|_| ParseError::ContentLength)?;
@@ -228,15 +249,21 @@ impl SipMessage {
     }
 }
 
-/// The URI of a name-addr (`"Bob" <sip:bob@host>;tag=1`) or addr-spec.
+/// The URI of a name-addr (`"Bob" <sip:bob@host>;tag=1`) or addr-spec;
+/// `None` unless it can be a Request-URI (a scheme, no whitespace): it is
+/// where in-dialog requests go, and a peer's junk must not make them invalid.
 pub fn name_addr_uri(value: &str) -> Option<&str> {
-    match value.find('<') {
+    let uri = match value.find('<') {
         Some(open) => {
             let rest = &value[open + 1..];
             rest.find('>').map(|close| &rest[..close])
         }
         None => value.split(';').next().map(str::trim),
-    }
+    }?;
+    let usable = uri.split_once(':').is_some_and(|(scheme, rest)| {
+        !scheme.is_empty() && !rest.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric())
+    }) && !uri.chars().any(|c| c.is_whitespace() || c.is_control());
+    usable.then_some(uri)
 }
 
 /// The user part of a SIP URI (`sip:user@host`), if it has one.

@@ -44,6 +44,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -201,6 +202,39 @@ pub enum SipEvent {
     },
 }
 
+/// What a running [`SipServer`] holds right now, readable from any task
+/// (from [`SipServer::load`]). Every call the server tracks is released by
+/// its end or by the RFC 3261 timers; these going back to zero when the
+/// peers are gone is how a leak would show.
+#[derive(Debug, Clone, Default)]
+pub struct SipLoad(Arc<LoadCounters>);
+
+#[derive(Debug, Default)]
+struct LoadCounters {
+    tracked: AtomicUsize,
+    in_setup: AtomicUsize,
+    live: AtomicUsize,
+}
+
+impl SipLoad {
+    /// INVITE dialogs the SIP layer (UAS and UAC) still tracks, refused and
+    /// ended ones included until their transaction timers forget them.
+    pub fn tracked_calls(&self) -> usize {
+        self.0.tracked.load(Ordering::Relaxed)
+    }
+
+    /// Calls set up (RTP port bound, the application's call opened) that
+    /// wait for their ACK (inbound) or the callee's answer (outbound).
+    pub fn calls_in_setup(&self) -> usize {
+        self.0.in_setup.load(Ordering::Relaxed)
+    }
+
+    /// Calls whose media runs (on the worker, with an RTP task).
+    pub fn live_calls(&self) -> usize {
+        self.0.live.load(Ordering::Relaxed)
+    }
+}
+
 /// The SIP server: a bound socket, ready to [`SipServer::run`].
 pub struct SipServer {
     socket: Arc<UdpSocket>,
@@ -211,6 +245,7 @@ pub struct SipServer {
     factory: Arc<dyn SipCallFactory>,
     commands: mpsc::UnboundedSender<outbound::Command>,
     command_rx: mpsc::UnboundedReceiver<outbound::Command>,
+    load: SipLoad,
 }
 
 impl std::fmt::Debug for SipServer {
@@ -252,7 +287,13 @@ impl SipServer {
             factory: Arc::new(factory),
             commands,
             command_rx,
+            load: SipLoad::default(),
         })
+    }
+
+    /// The live counts of this server's calls, updated as it runs.
+    pub fn load(&self) -> SipLoad {
+        self.load.clone()
     }
 
     /// The SIP socket's address.
@@ -288,6 +329,7 @@ impl SipServer {
             pending: HashMap::new(),
             running: HashMap::new(),
             notices: mpsc::unbounded_channel(),
+            load: self.load,
         };
         driver.run().await
     }
@@ -352,9 +394,19 @@ struct Driver {
         mpsc::UnboundedSender<Notice>,
         mpsc::UnboundedReceiver<Notice>,
     ),
+    load: SipLoad,
 }
 
 impl Driver {
+    fn publish_load(&self) {
+        let counters = &self.load.0;
+        let tracked = self.uas.tracked_calls() + self.uac.tracked_calls();
+        counters.tracked.store(tracked, Ordering::Relaxed);
+        let in_setup = self.pending.len() + self.pending_out.len();
+        counters.in_setup.store(in_setup, Ordering::Relaxed);
+        counters.live.store(self.running.len(), Ordering::Relaxed);
+    }
+
     fn now(&self) -> Instant {
         Instant::from_std(self.epoch, tokio::time::Instant::now().into_std())
     }
@@ -372,6 +424,7 @@ impl Driver {
                     break;
                 }
             }
+            self.publish_load();
             let deadline = [self.uas.next_deadline(), self.uac.next_deadline()]
                 .into_iter()
                 .flatten()

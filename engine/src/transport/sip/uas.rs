@@ -20,7 +20,8 @@
 //! - OPTIONS: 200. Other methods: 405. Non-INVITE responses are replayed to
 //!   retransmitted requests for timer J (64*T1).
 //! - Bytes that are not SIP are dropped; a request missing a mandatory
-//!   header is answered 400. Nothing from the network panics.
+//!   header, or whose body is not what its Content-Length says (RFC 3261,
+//!   18.3), is answered 400. Nothing from the network panics.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -29,7 +30,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use super::message::{ALLOW, BRANCH_COOKIE, SipMessage, name_addr_uri, response};
+use super::message::{ALLOW, BRANCH_COOKIE, ParseError, SipMessage, name_addr_uri, response};
 use super::sdp::{Answer, Negotiated, SdpError, negotiate};
 use crate::clock::Instant;
 
@@ -298,8 +299,20 @@ impl SipUas {
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]) {
         let message = match SipMessage::parse(bytes) {
             Ok(message) => message,
-            Err(_) => {
+            Err(error) => {
                 self.stats.unparsable += 1;
+                // A request whose body is not what its Content-Length says
+                // (bad, or a datagram cut short) gets 400 (RFC 3261, 18.3).
+                if error == ParseError::ContentLength
+                    && let Ok(head) = SipMessage::parse_head(bytes)
+                    && head.method().is_some_and(|method| method != "ACK")
+                    && head.missing_mandatory().is_none()
+                {
+                    self.stats.bad_requests += 1;
+                    let text = response(&head, 400, None, source, &[], None);
+                    let text = text.replacen("400 Bad Request", "400 Bad Content-Length", 1);
+                    self.transmit(source, text);
+                }
                 return;
             }
         };
