@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{CallOutput, CallSpec, HostError, WirePacket, WorkerHandle};
 use crate::events::EndedBy;
-use crate::session::{CallMediaConfig, ConversationLink, MediaEvent};
+use crate::session::{ConversationLink, MediaEvent};
 
 /// The path [`router`] serves.
 pub const MEDIA_STREAM_PATH: &str = "/media-stream";
@@ -758,40 +758,16 @@ pub enum EndReason {
     Refused(String),
 }
 
-/// The application refusing a call.
-#[derive(Debug, Error)]
-#[error("call refused: {0}")]
-pub struct CallRefused(pub String);
+pub use super::CallRefused;
 
-/// A call as the application sets it up on `start`.
-#[derive(Debug)]
-pub struct CallSetup {
-    /// The call's media (inbound must be G.711 mu-law; outbound PCMU).
-    pub media: CallMediaConfig,
-    /// The agent and recognizer, if the call has them.
-    pub link: Option<ConversationLink>,
-    /// The call clock's zero (the agent loop's epoch).
-    pub epoch: std::time::Instant,
-    /// Where the transport reports the call's [`StreamEvent`]s.
-    pub events: Option<mpsc::UnboundedSender<StreamEvent>>,
-    /// Cancelled when the call ends (for the application's per-call tasks).
-    pub cancel: CancellationToken,
-}
+/// A call as the application sets it up on `start` (inbound must be G.711
+/// mu-law; outbound PCMU). A refusal closes the socket.
+pub type CallSetup = super::CallSetup<StreamEvent>;
 
 /// Sets up the call of each new stream (runs on the connection's task).
-pub trait CallFactory: Send + Sync + 'static {
-    /// The call for this `start`, or a refusal (the socket is then closed).
-    fn open_call(&self, start: &StreamStart) -> Result<CallSetup, CallRefused>;
-}
+pub trait CallFactory: super::CallFactory<StreamStart, StreamEvent> {}
 
-impl<F> CallFactory for F
-where
-    F: Fn(&StreamStart) -> Result<CallSetup, CallRefused> + Send + Sync + 'static,
-{
-    fn open_call(&self, start: &StreamStart) -> Result<CallSetup, CallRefused> {
-        self(start)
-    }
-}
+impl<F: super::CallFactory<StreamStart, StreamEvent>> CallFactory for F {}
 
 /// Everything a connection needs: the worker and the call factory.
 #[derive(Clone)]

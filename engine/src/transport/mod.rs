@@ -34,6 +34,44 @@ use crate::session::{
 
 /// The worker's tick.
 pub const TICK: Duration = Duration::from_millis(20);
+
+/// The application refusing a call (media-stream and WebRTC transports).
+#[derive(Debug, Error)]
+#[error("call refused: {0}")]
+pub struct CallRefused(pub String);
+
+/// A call as the application sets it up, for a transport whose call events
+/// are `E` (each transport names its own: `media_stream::CallSetup`,
+/// `webrtc::CallSetup`).
+#[derive(Debug)]
+pub struct CallSetup<E> {
+    /// The call's media. The transport may override the codecs it carries.
+    pub media: CallMediaConfig,
+    /// The agent and recognizer, if the call has them.
+    pub link: Option<ConversationLink>,
+    /// The call clock's zero (the agent loop's epoch).
+    pub epoch: std::time::Instant,
+    /// Where the transport reports the call's events.
+    pub events: Option<mpsc::UnboundedSender<E>>,
+    /// Cancelled when the call ends (for the application's per-call tasks).
+    pub cancel: tokio_util::sync::CancellationToken,
+}
+
+/// Sets up the call of each new request `R` (a stream's `start`, a WebRTC
+/// offer) of a transport whose call events are `E`.
+pub trait CallFactory<R, E>: Send + Sync + 'static {
+    /// The call for this request, or a refusal.
+    fn open_call(&self, request: &R) -> Result<CallSetup<E>, CallRefused>;
+}
+
+impl<F, R, E> CallFactory<R, E> for F
+where
+    F: Fn(&R) -> Result<CallSetup<E>, CallRefused> + Send + Sync + 'static,
+{
+    fn open_call(&self, request: &R) -> Result<CallSetup<E>, CallRefused> {
+        self(request)
+    }
+}
 /// The largest packet the channels carry: one 20 ms G.711 frame (160
 /// bytes) or one 20 ms Opus packet (WebRTC: up to 64 kbit/s with in-band
 /// FEC; the outbound queue's Opus slot is as large).

@@ -57,7 +57,7 @@ use tokio_util::sync::CancellationToken;
 use super::{CallOutput, CallSpec, HostError, WirePacket, WorkerHandle};
 use crate::audio::{InboundCodec, WireCodec};
 use crate::events::EndedBy;
-use crate::session::{CallKey, CallMediaConfig, ConversationLink, MediaEvent};
+use crate::session::{CallKey, ConversationLink, MediaEvent};
 
 /// The page [`router`] serves.
 pub const PAGE_PATH: &str = "/webrtc";
@@ -97,41 +97,17 @@ pub struct CallRequest {
     pub parameters: BTreeMap<String, String>,
 }
 
-/// The application refusing a call.
-#[derive(Debug, Error)]
-#[error("call refused: {0}")]
-pub struct CallRefused(pub String);
+pub use super::CallRefused;
 
-/// A call as the application sets it up.
-#[derive(Debug)]
-pub struct CallSetup {
-    /// The call's media. The transport sets the codecs (Opus both ways);
-    /// the rest (TTS rate, queue, VAD gate, turns) is the application's.
-    pub media: CallMediaConfig,
-    /// The agent and recognizer, if the call has them.
-    pub link: Option<ConversationLink>,
-    /// The call clock's zero (the agent loop's epoch).
-    pub epoch: std::time::Instant,
-    /// Where the transport reports the call's [`PeerEvent`]s.
-    pub events: Option<mpsc::UnboundedSender<PeerEvent>>,
-    /// Cancelled when the call ends (for the application's per-call tasks).
-    pub cancel: CancellationToken,
-}
+/// A call as the application sets it up. The transport sets the codecs
+/// (Opus both ways); the rest (TTS rate, queue, VAD gate, turns) is the
+/// application's. A refusal is answered with a 503.
+pub type CallSetup = super::CallSetup<PeerEvent>;
 
 /// Sets up the call of each accepted offer.
-pub trait CallFactory: Send + Sync + 'static {
-    /// The call for this request, or a refusal (answered with a 503).
-    fn open_call(&self, request: &CallRequest) -> Result<CallSetup, CallRefused>;
-}
+pub trait CallFactory: super::CallFactory<CallRequest, PeerEvent> {}
 
-impl<F> CallFactory for F
-where
-    F: Fn(&CallRequest) -> Result<CallSetup, CallRefused> + Send + Sync + 'static,
-{
-    fn open_call(&self, request: &CallRequest) -> Result<CallSetup, CallRefused> {
-        self(request)
-    }
-}
+impl<F: super::CallFactory<CallRequest, PeerEvent>> CallFactory for F {}
 
 /// What the transport reports about a call, for the application.
 #[derive(Debug, Clone, PartialEq)]
