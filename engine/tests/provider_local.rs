@@ -113,6 +113,7 @@ async fn push_in_real_time(
             }
         }
         AsrEvent::Interim { .. } => {}
+        AsrEvent::Failed { error } => panic!("the recognizer failed: {error}"),
     };
     let started = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_millis(20));

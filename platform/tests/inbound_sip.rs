@@ -33,7 +33,10 @@ use callingbox_engine::codecs::SampleRate;
 use callingbox_engine::providers::scripted::{
     LlmLatency, ScriptMatch, ScriptRule, ScriptedAsr, ScriptedLlm, ScriptedTts, TtsLatency,
 };
+use callingbox_engine::providers::{LlmEvent, LlmProvider, LlmRequest, ProviderError};
 use common::database_urls;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use serde_json::{Value, json};
 use webhooks_support::Receiver;
 
@@ -113,6 +116,16 @@ struct TestNode {
 }
 
 async fn start(url: &str, rtp_ports: (u16, u16)) -> TestNode {
+    let (stack, extractor) = scripted_stack();
+    start_with(url, rtp_ports, stack, extractor).await
+}
+
+async fn start_with(
+    url: &str,
+    rtp_ports: (u16, u16),
+    stack: SpeechStack,
+    extractor: Arc<dyn Extractor>,
+) -> TestNode {
     let config = Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
         database_url: url.to_owned(),
@@ -124,7 +137,6 @@ async fn start(url: &str, rtp_ports: (u16, u16)) -> TestNode {
         allow_private_webhooks: true,
         ..Config::default()
     };
-    let (stack, extractor) = scripted_stack();
     let node = start_node(&config, stack, extractor)
         .await
         .expect("the node starts");
@@ -500,6 +512,84 @@ async fn an_unknown_number_gets_404_and_a_number_without_an_agent_gets_480() {
         // Refused calls are not recorded, hold nothing and cost nothing.
         assert!(t.inbound_calls().await.is_empty(), "{backend}");
         assert_eq!(t.balance().await.1, 0, "{backend}");
+        t.node.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
+/// A chat model whose service is down.
+struct ModelDown;
+
+impl LlmProvider for ModelDown {
+    fn stream_chat(&self, _: LlmRequest) -> BoxStream<'static, Result<LlmEvent, ProviderError>> {
+        futures::stream::iter([Err(ProviderError::Unavailable(
+            "503 Service Unavailable".into(),
+        ))])
+        .boxed()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_is_down_hangs_up_the_call_and_records_a_provider_error() {
+    if !sipp_installed() {
+        skip("a_model_that_is_down_hangs_up_the_call_and_records_a_provider_error");
+        return;
+    }
+    for (backend, url) in database_urls().await {
+        let (mut stack, extractor) = scripted_stack();
+        stack.llm = Arc::new(ModelDown);
+        let t = start_with(&url, (43_200, 43_299), stack, extractor).await;
+        let receiver = Receiver::start().await;
+        let numbers = t.buy_numbers(1).await;
+        let (number_id, number) = &numbers[0];
+        let (status, agent) = t
+            .call(
+                "POST",
+                "/v1/agents",
+                Some(json!({
+                    "name": "front desk", "type": "inbound",
+                    "instructions": "Take table bookings.",
+                    "webhook_url": receiver.url("/hooks"),
+                    "number_ids": [number_id],
+                })),
+            )
+            .await;
+        assert_eq!(status, 201, "{agent}");
+
+        // The caller speaks; the model fails on its turn; the node must
+        // hang up (the scenario fails unless a BYE comes within 20 s).
+        let run = run_sipp(t.node.sip, "uac_caller_hung_up_on.xml", number).await;
+        assert_eq!(
+            run.output.status.code(),
+            Some(0),
+            "{backend}: the node did not hang up: {}",
+            describe(&run.output)
+        );
+        let mut call = Value::Null;
+        for _ in 0..200 {
+            if let Some(found) = t.inbound_calls().await.first()
+                && found["status"] == "failed"
+            {
+                call = found.clone();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(call.is_object(), "{backend}: {:?}", t.inbound_calls().await);
+        assert_eq!(call["error_code"], "provider_error", "{call}");
+        let message = call["error_message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with("the language model failed") && message.contains("503"),
+            "{backend}: {message}"
+        );
+        // A call our provider broke is not charged.
+        assert_eq!(call["reservation_status"], "released", "{call}");
+        assert_eq!(call["billing_amount_milli_cents"], 0, "{call}");
+        assert_eq!(call["hangup_cause"], "local_hangup", "{call}");
+        let hits = receiver
+            .wait_for("/hooks", 3, Duration::from_secs(10))
+            .await;
+        let last = hits.last().map(|h| h.json()["type"].clone());
+        assert_eq!(last, Some(json!("call.failed")), "{backend}");
         t.node.shutdown(Duration::from_secs(5)).await;
     }
 }

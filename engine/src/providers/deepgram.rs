@@ -243,6 +243,7 @@ impl DeepgramAsr {
         let backlog_limit = (self.config.sample_rate.samples_per_ms() as u128
             * 2
             * self.config.reconnect_buffer.as_millis()) as usize;
+        let failure_tx = event_tx.clone();
         let worker = Worker {
             config: Arc::clone(&self.config),
             url,
@@ -256,6 +257,12 @@ impl DeepgramAsr {
         };
         tokio::spawn(async move {
             let outcome = worker.run().await;
+            if let Err(error) = &outcome {
+                // Reconnecting gave up: the call must hear of it.
+                let _ = failure_tx.send(AsrEvent::Failed {
+                    error: error.to_string(),
+                });
+            }
             let _ = outcome_tx.send(outcome);
         });
         Ok((

@@ -385,17 +385,23 @@ impl AsrProvider for LocalWhisperAsr {
     fn open(&self, cancel: CancellationToken) -> Result<AsrSession, ProviderError> {
         let (audio_tx, audio_rx) = mpsc::channel(self.config.audio_queue_frames.max(1));
         let (event_tx, event_rx) = mpsc::unbounded_channel();
+        let failure_tx = event_tx.clone();
         let worker = SessionWorker {
             address: self.address,
             language: self.config.language.clone(),
             segmenter: UtteranceSegmenter::new(self.config.segmenter),
             audio: audio_rx,
             events: event_tx,
-            cancel,
+            cancel: cancel.clone(),
         };
         tokio::spawn(async move {
-            if let Err(err) = worker.run().await {
-                eprintln!("callingbox local Whisper session ended: {err}");
+            if let Err(err) = worker.run().await
+                && !cancel.is_cancelled()
+            {
+                // The service died or answered garbage: the call must hear of it.
+                let _ = failure_tx.send(AsrEvent::Failed {
+                    error: format!("local Whisper: {err}"),
+                });
             }
         });
         Ok(AsrSession::from_channels(audio_tx, event_rx))

@@ -11,6 +11,7 @@ pub mod anthropic;
 pub mod cartesia;
 pub mod deepgram;
 pub mod elevenlabs;
+pub mod fallback;
 mod http;
 pub mod llama;
 pub mod local_whisper;
@@ -164,6 +165,14 @@ pub enum AsrEvent {
     Final {
         /// The recognized text.
         text: String,
+    },
+    /// The recognizer failed for good (the service died, the connection
+    /// dropped and could not be re-established): nothing more will be
+    /// heard, so the call ends with a clear error instead of hanging in
+    /// silence. The last event of a session.
+    Failed {
+        /// What went wrong.
+        error: String,
     },
 }
 

@@ -17,7 +17,7 @@ use super::media::{CallMedia, CallMediaConfig, CallMediaError, MediaEvent, TURN_
 use crate::audio::OutboundPacket;
 use crate::clock::Instant;
 use crate::conversation::{AgentHandle, OutboundFrame, Played, UserTurn};
-use crate::events::{EndedBy, SegmentSource};
+use crate::events::{EndedBy, ProviderRole, SegmentSource};
 use crate::providers::{AsrEvent, AsrSession};
 use crate::vad::{StreamHandle, VadBatch, VadError};
 
@@ -297,6 +297,9 @@ impl MediaWorker {
                             slot.media.on_transcript(call_now, &text, false)
                         }
                         AsrEvent::Final { text } => slot.media.on_transcript(call_now, &text, true),
+                        AsrEvent::Failed { error } => {
+                            link.agent.provider_failed(ProviderRole::Asr, &error)
+                        }
                     }
                 }
             }

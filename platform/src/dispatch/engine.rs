@@ -9,7 +9,7 @@ use std::time::Duration;
 use callingbox_engine::audio::{InboundCodec, OutboundConfig};
 use callingbox_engine::codecs::{G711Law, SampleRate};
 use callingbox_engine::conversation::{AgentLoop, Providers};
-use callingbox_engine::events::CallEvent;
+use callingbox_engine::events::{CallEvent, ProviderRole};
 use callingbox_engine::providers::{AsrProvider, LlmProvider, TtsProvider};
 use callingbox_engine::session::{CallMediaConfig, ConversationLink};
 use callingbox_engine::transport::sip::{
@@ -214,6 +214,9 @@ pub async fn follow(
     let mut answered = false;
     let mut agent_open = true;
     let mut hung_up = false;
+    // A provider that failed for good ends the call as `failed`, whatever
+    // the line says about how it ended.
+    let mut provider_failure: Option<(ProviderRole, String)> = None;
     let deadline = tokio::time::sleep(max_duration);
     tokio::pin!(deadline);
     loop {
@@ -229,9 +232,14 @@ pub async fn follow(
                 Some(SipEvent::Ended { reason, .. }) => {
                     // What the agent said last may still be on its stream.
                     while let Ok(event) = agent.try_recv() {
+                        note_failure(&event, &mut provider_failure);
                         let _ = events.send(LineEvent::Engine(event));
                     }
-                    return line_end(&reason, answered);
+                    let end = line_end(&reason, answered);
+                    return match provider_failure {
+                        Some(failure) => provider_failed(end, failure),
+                        None => end,
+                    };
                 }
                 Some(_) => {}
                 None => {
@@ -246,6 +254,7 @@ pub async fn follow(
             },
             event = agent.recv(), if agent_open => match event {
                 Some(event) => {
+                    note_failure(&event, &mut provider_failure);
                     let ended = matches!(event, CallEvent::Ended { .. });
                     let _ = events.send(LineEvent::Engine(event));
                     if ended && !hung_up {
@@ -264,6 +273,25 @@ pub async fn follow(
                 hang_up();
             }
         }
+    }
+}
+
+fn note_failure(event: &CallEvent, failure: &mut Option<(ProviderRole, String)>) {
+    if let CallEvent::ProviderFailed {
+        provider, error, ..
+    } = event
+    {
+        failure.get_or_insert((*provider, error.clone()));
+    }
+}
+
+/// The end of a call that a provider failure cut short.
+fn provider_failed(end: LineEnd, (provider, error): (ProviderRole, String)) -> LineEnd {
+    LineEnd {
+        status: "failed".into(),
+        error_code: Some("provider_error".into()),
+        error_message: Some(format!("{} failed: {error}", provider.describe())),
+        ..end
     }
 }
 

@@ -7,6 +7,7 @@
 //! | LLM | `LLM_MODEL` set (+ `LLM_BASE_URL`, `LLM_API_KEY`) | OpenAI-compatible chat completions |
 //! | LLM | `ANTHROPIC_API_KEY` set | Anthropic Messages |
 //! | LLM | otherwise | local llama.cpp on the Gemma 3 270M GGUF (a base model: demo and tests) |
+//! | LLM fallback | `LLM_FALLBACK=local` beside a cloud LLM | the local model answers a turn the cloud model failed before its first word (`LLM_FALLBACK_WAIT_MS`, default 4000) |
 //! | ASR | `DEEPGRAM_API_KEY` set | Deepgram live streaming |
 //! | ASR | otherwise | local Whisper (faster-whisper service) |
 //! | TTS | always | Piper (espeak-ng fallback) |
@@ -14,9 +15,11 @@
 //! Extraction of `returns` uses the same LLM with a JSON schema.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use callingbox_engine::providers::anthropic::AnthropicChat;
 use callingbox_engine::providers::deepgram::DeepgramAsr;
+use callingbox_engine::providers::fallback::FallbackLlm;
 use callingbox_engine::providers::llama::LocalLlm;
 use callingbox_engine::providers::local_whisper::{LocalWhisperAsr, LocalWhisperConfig};
 use callingbox_engine::providers::openai_chat::OpenAiChat;
@@ -65,6 +68,34 @@ pub async fn from_env(language: &str) -> Result<(SpeechStack, Arc<dyn Extractor>
             let local = Arc::new(local);
             (local.clone(), local)
         };
+    let llm = match var("LLM_FALLBACK").as_deref() {
+        None => llm,
+        Some("local") if var("LLM_MODEL").is_some() || var("ANTHROPIC_API_KEY").is_some() => {
+            let local = tokio::task::spawn_blocking(LocalLlm::load_default)
+                .await
+                .map_err(|e| format!("LLM fallback (local): {e}"))?
+                .map_err(|e| format!("LLM fallback (local): {e}"))?;
+            let wait = var("LLM_FALLBACK_WAIT_MS")
+                .map(|ms| {
+                    ms.parse::<u64>().map_err(|_| {
+                        format!("LLM_FALLBACK_WAIT_MS must be milliseconds, got {ms:?}")
+                    })
+                })
+                .transpose()?
+                .unwrap_or(4_000);
+            Arc::new(FallbackLlm::new(
+                llm,
+                Arc::new(local),
+                Duration::from_millis(wait),
+            ))
+        }
+        Some("local") => llm,
+        Some(other) => {
+            return Err(format!(
+                "LLM_FALLBACK={other:?} is not a fallback this node knows (only \"local\")"
+            ));
+        }
+    };
     let asr: Arc<dyn AsrProvider> = if var("DEEPGRAM_API_KEY").is_some() {
         Arc::new(DeepgramAsr::from_env().map_err(|e| format!("ASR (Deepgram): {e}"))?)
     } else {
