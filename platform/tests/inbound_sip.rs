@@ -94,6 +94,7 @@ fn scripted_stack() -> (SpeechStack, Arc<dyn Extractor>) {
     let stack = SpeechStack {
         llm: Arc::new(llm),
         tts: Arc::new(tts),
+        voices: Default::default(),
         asr: Arc::new(asr),
         end_of_turn_model: false,
     };

@@ -3,6 +3,7 @@
 //! with its own agent loop and recognizer on the shared speech stack, and
 //! the engine's SIP and conversation events mapped to [`LineEvent`]s.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use callingbox_engine::audio::{InboundCodec, OutboundConfig};
 use callingbox_engine::codecs::{G711Law, SampleRate};
 use callingbox_engine::conversation::{AgentLoop, Providers};
 use callingbox_engine::events::{CallEvent, ProviderRole};
-use callingbox_engine::providers::{AsrProvider, LlmProvider, TtsProvider};
+use callingbox_engine::providers::{AsrProvider, LlmProvider, TtsProvider, primary_language};
 use callingbox_engine::session::{CallMediaConfig, ConversationLink};
 use callingbox_engine::transport::sip::{
     OutboundCall, Route, SipCallSetup, SipDialer, SipEnd, SipEvent, call_outcome,
@@ -29,7 +30,10 @@ pub struct SpeechStack {
     pub llm: Arc<dyn LlmProvider>,
     /// The voice.
     pub tts: Arc<dyn TtsProvider>,
-    /// The recognizer (one session per call).
+    /// Voices for other languages, by BCP-47 primary subtag (`es`): a call
+    /// in one of them speaks with its voice, any other call with `tts`.
+    pub voices: BTreeMap<String, Arc<dyn TtsProvider>>,
+    /// The recognizer (one session per call, in the call's language).
     pub asr: Arc<dyn AsrProvider>,
     /// Let the end-of-turn model decide turns (when it loaded).
     pub end_of_turn_model: bool,
@@ -69,18 +73,25 @@ pub struct Conversation {
 }
 
 impl SpeechStack {
+    /// The voice a call in `language` speaks with.
+    pub fn voice_for(&self, language: &str) -> &Arc<dyn TtsProvider> {
+        self.voices
+            .get(&primary_language(language))
+            .unwrap_or(&self.tts)
+    }
+
     /// Starts `plan`'s agent loop and recognizer.
     pub fn start_conversation(&self, plan: &CallPlan) -> Result<Conversation, String> {
         let (audio_tx, agent_audio) = mpsc::channel(64);
         let providers = Providers {
             llm: Arc::clone(&self.llm),
-            tts: Arc::clone(&self.tts),
+            tts: Arc::clone(self.voice_for(&plan.language)),
         };
         let (agent, events) = AgentLoop::spawn(plan.agent_config(), providers, audio_tx);
         let cancel = CancellationToken::new();
         let asr = self
             .asr
-            .open(cancel.clone())
+            .open_in(&plan.language, cancel.clone())
             .map_err(|err| format!("the recognizer failed to start: {err}"))?;
         let epoch = agent
             .clock()
@@ -316,5 +327,42 @@ fn line_end(reason: &SipEnd, answered: bool) -> LineEnd {
         hangup_cause: Some(result.hangup_cause),
         error_code,
         error_message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use callingbox_engine::providers::scripted::{ScriptedAsr, ScriptedLlm, ScriptedTts};
+
+    #[test]
+    fn a_call_speaks_with_the_voice_of_its_language() {
+        let english: Arc<dyn TtsProvider> =
+            Arc::new(ScriptedTts::new(SampleRate::Hz16000, Default::default()));
+        let spanish: Arc<dyn TtsProvider> =
+            Arc::new(ScriptedTts::new(SampleRate::Hz24000, Default::default()));
+        let stack = SpeechStack {
+            llm: Arc::new(ScriptedLlm::new(Vec::new(), Default::default())),
+            tts: Arc::clone(&english),
+            voices: BTreeMap::from([("es".to_owned(), Arc::clone(&spanish))]),
+            asr: Arc::new(ScriptedAsr::new(
+                Vec::new(),
+                Duration::ZERO,
+                Duration::from_millis(1),
+            )),
+            end_of_turn_model: false,
+        };
+        for (language, expected) in [
+            ("es", &spanish),
+            ("es-MX", &spanish),
+            ("ES-419", &spanish),
+            ("en", &english),
+            ("en-GB", &english),
+        ] {
+            assert!(
+                Arc::ptr_eq(stack.voice_for(language), expected),
+                "{language}"
+            );
+        }
     }
 }

@@ -10,10 +10,13 @@
 //! | LLM fallback | `LLM_FALLBACK=local` beside a cloud LLM | the local model answers a turn the cloud model failed before its first word (`LLM_FALLBACK_WAIT_MS`, default 4000) |
 //! | ASR | `DEEPGRAM_API_KEY` set | Deepgram live streaming |
 //! | ASR | otherwise | local Whisper (faster-whisper service) |
-//! | TTS | always | Piper (espeak-ng fallback) |
+//! | TTS | English calls | Piper (espeak-ng fallback) |
+//! | TTS | Spanish calls | espeak-ng's Spanish voice (robotic: no Spanish Piper voice is in any registry package) |
+//! | ASR language | per call | the call's `language`: local Whisper sends English to tiny.en and Spanish to Whisper base (multilingual); Deepgram takes the tag as its `language` |
 //!
 //! Extraction of `returns` uses the same LLM with a JSON schema.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,9 +26,9 @@ use callingbox_engine::providers::fallback::FallbackLlm;
 use callingbox_engine::providers::llama::LocalLlm;
 use callingbox_engine::providers::local_whisper::{LocalWhisperAsr, LocalWhisperConfig};
 use callingbox_engine::providers::openai_chat::OpenAiChat;
-use callingbox_engine::providers::piper::PiperTts;
+use callingbox_engine::providers::piper::{Espeak, PiperTts};
 use callingbox_engine::providers::structured::StructuredCompletion;
-use callingbox_engine::providers::{AsrProvider, LlmProvider};
+use callingbox_engine::providers::{AsrProvider, LlmProvider, TtsProvider};
 use futures::future::BoxFuture;
 use serde_json::Value;
 
@@ -113,9 +116,17 @@ pub async fn from_env(language: &str) -> Result<(SpeechStack, Arc<dyn Extractor>
         .await
         .map_err(|e| format!("TTS: {e}"))?
         .map_err(|e| format!("TTS: {e}"))?;
+    let spanish =
+        tokio::task::spawn_blocking(|| PiperTts::espeak_only(Espeak::from_environment("es")))
+            .await
+            .map_err(|e| format!("TTS (Spanish): {e}"))?
+            .map_err(|e| format!("TTS (Spanish): {e}"))?;
+    let voices: BTreeMap<String, Arc<dyn TtsProvider>> =
+        BTreeMap::from([("es".to_owned(), Arc::new(spanish) as Arc<dyn TtsProvider>)]);
     let stack = SpeechStack {
         llm,
         tts: Arc::new(tts),
+        voices,
         asr,
         end_of_turn_model: false,
     };
