@@ -14,6 +14,7 @@
 //! line when `sipp` is not installed (`./dev setup` installs it).
 
 mod common;
+mod node_support;
 mod webhooks_support;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -22,29 +23,14 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use callingbox::clock::{Clock, MonotonicClock};
-use callingbox::config::{Config, SipSettings};
-use callingbox::dispatch::engine::SpeechStack;
-use callingbox::dispatch::extraction::{Extractor, ModelExtractor};
-use callingbox::dispatch::speech::StructuredModel;
-use callingbox::node::{Node, start_node};
-use callingbox::store::{keys, orgs};
-use callingbox_engine::codecs::SampleRate;
-use callingbox_engine::providers::scripted::{
-    LlmLatency, ScriptMatch, ScriptRule, ScriptedAsr, ScriptedLlm, ScriptedTts, TtsLatency,
-};
 use callingbox_engine::providers::{LlmEvent, LlmProvider, LlmRequest, ProviderError};
 use common::database_urls;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use node_support::{AGENT_ANSWERS, CALLER_SAYS, scripted_stack, start, start_with};
 use serde_json::{Value, json};
 use webhooks_support::Receiver;
 
-/// What the caller's recording says (`statement_book_table`), as the
-/// scripted recognizer hears it.
-const CALLER_SAYS: &str =
-    "I'd like to book a table for four people tomorrow at seven in the evening.";
-const AGENT_ANSWERS: &str = "Of course, a table for four tomorrow at seven. See you then!";
 const CALLER_ID: &str = "+12125550147";
 
 fn sipp_installed() -> bool {
@@ -62,163 +48,6 @@ fn fixtures(dir: &str) -> PathBuf {
 fn free_udp_port() -> u16 {
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
     socket.local_addr().expect("addr").port()
-}
-
-/// Scripted providers: the recognizer hears [`CALLER_SAYS`] when the
-/// caller's audio is speech, the LLM answers [`AGENT_ANSWERS`], the voice
-/// is a tone; extraction answers `{"party_size": 4}`.
-fn scripted_stack() -> (SpeechStack, Arc<dyn Extractor>) {
-    let llm = ScriptedLlm::new(
-        vec![
-            ScriptRule::when(ScriptMatch::Turn(0)).reply(AGENT_ANSWERS),
-            ScriptRule::when(ScriptMatch::Always).reply("Okay."),
-        ],
-        LlmLatency {
-            time_to_first_token: Duration::from_millis(200),
-            tokens_per_second: 50,
-        },
-    );
-    let tts = ScriptedTts::new(
-        SampleRate::Hz16000,
-        TtsLatency {
-            time_to_first_byte: Duration::from_millis(100),
-            real_time_factor: 0.1,
-            speech_per_char: Duration::from_millis(40),
-        },
-    );
-    let asr = ScriptedAsr::new(
-        vec![CALLER_SAYS.to_owned()],
-        Duration::from_millis(150),
-        Duration::from_millis(250),
-    );
-    let stack = SpeechStack {
-        llm: Arc::new(llm),
-        tts: Arc::new(tts),
-        voices: Default::default(),
-        asr: Arc::new(asr),
-        end_of_turn_model: false,
-    };
-    let json_model = ScriptedLlm::new(Vec::new(), LlmLatency::default())
-        .with_json_reply(json!({"party_size": 4}));
-    let extractor: Arc<dyn Extractor> =
-        Arc::new(ModelExtractor::new(StructuredModel(Arc::new(json_model))));
-    (stack, extractor)
-}
-
-/// A node as `serve` starts it (loopback API and SIP on free ports) and
-/// an API key of a fresh organization with $100.
-struct TestNode {
-    node: Node,
-    base: String,
-    key: String,
-    org_id: String,
-    config: Config,
-    http: reqwest::Client,
-}
-
-async fn start(url: &str, rtp_ports: (u16, u16)) -> TestNode {
-    let (stack, extractor) = scripted_stack();
-    start_with(url, rtp_ports, stack, extractor).await
-}
-
-async fn start_with(
-    url: &str,
-    rtp_ports: (u16, u16),
-    stack: SpeechStack,
-    extractor: Arc<dyn Extractor>,
-) -> TestNode {
-    let config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        database_url: url.to_owned(),
-        node_id: "inbound-test".into(),
-        sip: SipSettings {
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            rtp_ports,
-        },
-        allow_private_webhooks: true,
-        ..Config::default()
-    };
-    let node = start_node(&config, stack, extractor)
-        .await
-        .expect("the node starts");
-    let now = MonotonicClock::default().now();
-    let mut tx = node.store.begin().await.expect("tx");
-    let org = orgs::create(&mut tx, "inbound test", 10_000_000, now)
-        .await
-        .expect("org");
-    let (_, key) = keys::create(&mut tx, &org.id, "test", None, now)
-        .await
-        .expect("key");
-    tx.commit().await.expect("commit");
-    TestNode {
-        base: format!("http://{}", node.api),
-        node,
-        key,
-        org_id: org.id,
-        config,
-        http: reqwest::Client::new(),
-    }
-}
-
-impl TestNode {
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.key);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("the API answers");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    /// Buys `count` local numbers; returns (id, E.164) of each.
-    async fn buy_numbers(&self, count: usize) -> Vec<(String, String)> {
-        let (status, found) = self
-            .call(
-                "GET",
-                &format!("/v1/numbers/available?area_code=415&limit={count}"),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "{found}");
-        let mut bought = Vec::new();
-        for offer in found.as_array().expect("offers") {
-            let e164 = offer["phone_number"].as_str().expect("number").to_owned();
-            let (status, number) = self
-                .call(
-                    "POST",
-                    "/v1/numbers/purchase",
-                    Some(json!({"phone_number": e164})),
-                )
-                .await;
-            assert_eq!(status, 201, "{number}");
-            bought.push((number["id"].as_str().expect("id").to_owned(), e164));
-        }
-        bought
-    }
-
-    async fn inbound_calls(&self) -> Vec<Value> {
-        let (status, list) = self.call("GET", "/v1/calls?direction=inbound", None).await;
-        assert_eq!(status, 200, "{list}");
-        list["data"].as_array().expect("data").clone()
-    }
-
-    async fn balance(&self) -> (i64, i64) {
-        let mut conn = self.node.store.pool().acquire().await.expect("conn");
-        let org = orgs::get(&mut conn, &self.org_id)
-            .await
-            .expect("reads")
-            .expect("org");
-        (org.balance_milli_cents, org.held_milli_cents)
-    }
 }
 
 /// What SIPp did, and what the kernel queued on its RTP socket(s).

@@ -37,8 +37,30 @@ pub const TICK: Duration = Duration::from_millis(20);
 
 /// The application refusing a call (media-stream and WebRTC transports).
 #[derive(Debug, Error)]
-#[error("call refused: {0}")]
-pub struct CallRefused(pub String);
+#[error("call refused: {reason}")]
+pub struct CallRefused {
+    /// The HTTP status that says why (401 bad key, 404 no such agent, 402
+    /// calls paused, 503 cannot take it now); WebRTC answers the offer with
+    /// it, the media stream closes its socket.
+    pub status: u16,
+    /// Why, for the caller's developer.
+    pub reason: String,
+}
+
+impl CallRefused {
+    /// A refusal with this HTTP status.
+    pub fn new(status: u16, reason: impl Into<String>) -> Self {
+        CallRefused {
+            status,
+            reason: reason.into(),
+        }
+    }
+
+    /// The call cannot be taken now (503).
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        CallRefused::new(503, reason)
+    }
+}
 
 /// A call as the application sets it up, for a transport whose call events
 /// are `E` (each transport names its own: `media_stream::CallSetup`,
@@ -53,7 +75,9 @@ pub struct CallSetup<E> {
     pub epoch: std::time::Instant,
     /// Where the transport reports the call's events.
     pub events: Option<mpsc::UnboundedSender<E>>,
-    /// Cancelled when the call ends (for the application's per-call tasks).
+    /// Cancelled by the transport when the call ends (for the
+    /// application's per-call tasks); the application cancels it to hang
+    /// up (the agent called `end_call`, the call hit its maximum length).
     pub cancel: tokio_util::sync::CancellationToken,
 }
 
