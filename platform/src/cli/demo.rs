@@ -45,7 +45,10 @@ pub struct DemoOptions {
 async fn tool_server() -> Result<SocketAddr> {
     async fn slots(Json(args): Json<Value>) -> Json<Value> {
         let day = args["day"].as_str().unwrap_or("Monday").to_owned();
-        Json(json!({"day": day, "slots": ["9:00 to 11:00", "11:00 to 13:00"]}))
+        let answer = json!({"day": day, "slots": ["9:00 to 11:00", "11:00 to 13:00"]});
+        // The model's tool call, as the tool's server received it over HTTP.
+        println!("tool  : check_delivery_slots {args} -> {answer}");
+        Json(answer)
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
