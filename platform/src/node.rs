@@ -45,6 +45,8 @@ pub struct Node {
     pub carrier: LocalCarrier,
     /// The calls' dispatcher.
     pub dispatcher: Arc<Dispatcher>,
+    /// The process's counters (turn latencies, provider errors).
+    pub metrics: Arc<crate::metrics::Metrics>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     shutdown: tokio::sync::watch::Sender<bool>,
     webhooks: crate::webhooks::worker::WorkerHandle,
@@ -180,6 +182,7 @@ pub async fn start_node(
         .with_context(|| format!("binding the API on {}", config.listen))?;
     let api_addr = listener.local_addr()?;
     let (shutdown, mut shutdown_rx) = tokio::sync::watch::channel(false);
+    let node_metrics = Arc::clone(&state.metrics);
     let app = api::router(state).merge(web_calls);
     // Media-stream frames must leave as they are sent, not wait for the
     // peer's delayed ACK (best effort: a socket that refuses still works).
@@ -199,6 +202,7 @@ pub async fn start_node(
         store,
         carrier,
         dispatcher,
+        metrics: node_metrics,
         server,
         shutdown,
         webhooks,
