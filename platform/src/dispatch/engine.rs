@@ -23,6 +23,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{CallPlan, LineEnd, LineEvent, Telephony};
 
+/// Builds a cloud voice from an agent's `voice` and a call's language.
+pub type VoiceFactory =
+    Arc<dyn Fn(&str, &str) -> Result<Arc<dyn TtsProvider>, String> + Send + Sync>;
+
 /// The models every call shares.
 #[derive(Clone)]
 pub struct SpeechStack {
@@ -33,6 +37,10 @@ pub struct SpeechStack {
     /// Voices for other languages, by BCP-47 primary subtag (`es`): a call
     /// in one of them speaks with its voice, any other call with `tts`.
     pub voices: BTreeMap<String, Arc<dyn TtsProvider>>,
+    /// A cloud TTS vendor's voices, when one is configured: each call
+    /// speaks with its agent's `voice` (a vendor voice id; `default` is the
+    /// node's configured voice) in the call's language, instead of `tts`.
+    pub cloud_voices: Option<VoiceFactory>,
     /// The recognizer (one session per call, in the call's language).
     pub asr: Arc<dyn AsrProvider>,
     /// Let the end-of-turn model decide turns (when it loaded).
@@ -73,7 +81,19 @@ pub struct Conversation {
 }
 
 impl SpeechStack {
-    /// The voice a call in `language` speaks with.
+    /// The voice of a call whose agent names `voice`, in `language`.
+    pub fn voice_for_call(
+        &self,
+        voice: &str,
+        language: &str,
+    ) -> Result<Arc<dyn TtsProvider>, String> {
+        match &self.cloud_voices {
+            Some(factory) => factory(voice, language),
+            None => Ok(Arc::clone(self.voice_for(language))),
+        }
+    }
+
+    /// The local voice a call in `language` speaks with.
     pub fn voice_for(&self, language: &str) -> &Arc<dyn TtsProvider> {
         self.voices
             .get(&primary_language(language))
@@ -85,7 +105,9 @@ impl SpeechStack {
         let (audio_tx, agent_audio) = mpsc::channel(64);
         let providers = Providers {
             llm: Arc::clone(&self.llm),
-            tts: Arc::clone(self.voice_for(&plan.language)),
+            tts: self
+                .voice_for_call(&plan.voice, &plan.language)
+                .map_err(|err| format!("the voice {:?} cannot be used: {err}", plan.voice))?,
         };
         let (agent, events) = AgentLoop::spawn(plan.agent_config(), providers, audio_tx);
         let cancel = CancellationToken::new();
@@ -345,6 +367,7 @@ mod tests {
             llm: Arc::new(ScriptedLlm::new(Vec::new(), Default::default())),
             tts: Arc::clone(&english),
             voices: BTreeMap::from([("es".to_owned(), Arc::clone(&spanish))]),
+            cloud_voices: None,
             asr: Arc::new(ScriptedAsr::new(
                 Vec::new(),
                 Duration::ZERO,

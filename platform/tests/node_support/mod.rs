@@ -57,6 +57,7 @@ pub fn scripted_stack() -> (SpeechStack, Arc<dyn Extractor>) {
         llm: Arc::new(llm),
         tts: Arc::new(tts),
         voices: Default::default(),
+        cloud_voices: None,
         asr: Arc::new(asr),
         end_of_turn_model: false,
     };
