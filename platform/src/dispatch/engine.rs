@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use callingbox_engine::audio::{InboundCodec, OutboundConfig};
 use callingbox_engine::codecs::{G711Law, SampleRate};
-use callingbox_engine::conversation::{AgentLoop, Providers};
+use callingbox_engine::conversation::{AgentConfig, AgentLoop, Providers};
 use callingbox_engine::events::{CallEvent, ProviderRole};
 use callingbox_engine::providers::{AsrProvider, LlmProvider, TtsProvider, primary_language};
 use callingbox_engine::session::{CallMediaConfig, ConversationLink};
@@ -45,6 +45,10 @@ pub struct SpeechStack {
     pub asr: Arc<dyn AsrProvider>,
     /// Let the end-of-turn model decide turns (when it loaded).
     pub end_of_turn_model: bool,
+    /// The longest wait for the LLM's next event before the call fails
+    /// (`AgentConfig::llm_timeout`): a cloud model that says nothing for
+    /// long is down, while the local model on a busy CPU may queue calls.
+    pub llm_timeout: Duration,
 }
 
 impl std::fmt::Debug for SpeechStack {
@@ -109,7 +113,11 @@ impl SpeechStack {
                 .voice_for_call(&plan.voice, &plan.language)
                 .map_err(|err| format!("the voice {:?} cannot be used: {err}", plan.voice))?,
         };
-        let (agent, events) = AgentLoop::spawn(plan.agent_config(), providers, audio_tx);
+        let config = AgentConfig {
+            llm_timeout: self.llm_timeout,
+            ..plan.agent_config()
+        };
+        let (agent, events) = AgentLoop::spawn(config, providers, audio_tx);
         let cancel = CancellationToken::new();
         let asr = self
             .asr
@@ -374,6 +382,7 @@ mod tests {
                 Duration::from_millis(1),
             )),
             end_of_turn_model: false,
+            llm_timeout: Duration::from_secs(15),
         };
         for (language, expected) in [
             ("es", &spanish),

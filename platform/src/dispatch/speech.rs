@@ -162,6 +162,17 @@ pub async fn from_env(language: &str) -> Result<(SpeechStack, Arc<dyn Extractor>
             .map_err(|e| format!("TTS (Spanish): {e}"))?;
     let voices: BTreeMap<String, Arc<dyn TtsProvider>> =
         BTreeMap::from([("es".to_owned(), Arc::new(spanish) as Arc<dyn TtsProvider>)]);
+    let cloud_llm = var("LLM_MODEL").is_some() || var("ANTHROPIC_API_KEY").is_some();
+    let llm_timeout = match var("LLM_TIMEOUT_MS") {
+        Some(ms) => Duration::from_millis(
+            ms.parse()
+                .map_err(|_| format!("LLM_TIMEOUT_MS must be milliseconds, got {ms:?}"))?,
+        ),
+        // The local model runs one request at a time: a turn may wait for
+        // other calls' turns.
+        None if cloud_llm => Duration::from_secs(15),
+        None => Duration::from_secs(60),
+    };
     let stack = SpeechStack {
         llm,
         tts: Arc::new(tts),
@@ -169,6 +180,7 @@ pub async fn from_env(language: &str) -> Result<(SpeechStack, Arc<dyn Extractor>
         cloud_voices: cloud_voices(&var)?,
         asr,
         end_of_turn_model: false,
+        llm_timeout,
     };
     let extractor: Arc<dyn Extractor> = Arc::new(ModelExtractor::new(StructuredModel(structured)));
     Ok((stack, extractor))

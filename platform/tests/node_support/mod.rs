@@ -60,6 +60,7 @@ pub fn scripted_stack() -> (SpeechStack, Arc<dyn Extractor>) {
         cloud_voices: None,
         asr: Arc::new(asr),
         end_of_turn_model: false,
+        llm_timeout: Duration::from_secs(15),
     };
     let json_model = ScriptedLlm::new(Vec::new(), LlmLatency::default())
         .with_json_reply(json!({"party_size": 4}));
