@@ -14,6 +14,7 @@
 //! calling over WebRTC (Opus both ways).
 
 pub mod media_stream;
+pub mod rtcp;
 pub mod rtp;
 pub mod sip;
 pub mod webrtc;

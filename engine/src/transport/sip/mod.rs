@@ -52,7 +52,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::rtp::{RtpCall, RtpEnd, RtpEvent, RtpPorts, RtpReceiver, RtpSender, RtpStats, run_rtp};
+use super::rtp::{
+    RtcpLink, RtpCall, RtpEnd, RtpEvent, RtpPorts, RtpReceiver, RtpSender, RtpStats, run_rtp,
+};
 use super::{CallSpec, WirePacket, WorkerHandle};
 use crate::audio::{InboundCodec, WireCodec};
 use crate::clock::Instant;
@@ -352,12 +354,14 @@ fn random_seed() -> u64 {
 struct PendingOutbound {
     setup: SipCallSetup,
     socket: std::net::UdpSocket,
+    rtcp_socket: Option<std::net::UdpSocket>,
 }
 
 /// A call set up at the INVITE, waiting for the ACK.
 struct PendingCall {
     setup: SipCallSetup,
     socket: std::net::UdpSocket,
+    rtcp_socket: Option<std::net::UdpSocket>,
     media: sdp::Negotiated,
 }
 
@@ -488,8 +492,8 @@ impl Driver {
 
     fn on_incoming(&mut self, incoming: IncomingCall) {
         let now = self.now();
-        let socket = match self.ports.bind() {
-            Ok(socket) => socket,
+        let (socket, rtcp_socket) = match self.ports.bind_pair() {
+            Ok(sockets) => sockets,
             Err(_) => {
                 let _ = self.uas.reject(now, incoming.call, 503);
                 return;
@@ -521,6 +525,7 @@ impl Driver {
             PendingCall {
                 setup,
                 socket,
+                rtcp_socket,
                 media: incoming.media,
             },
         );
@@ -539,9 +544,11 @@ impl Driver {
         let PendingCall {
             setup,
             socket,
+            rtcp_socket,
             media,
         } = pending;
-        self.start_media(call, setup, socket, media).await;
+        self.start_media(call, setup, (socket, rtcp_socket), media)
+            .await;
     }
 
     /// Puts an answered call on the worker and starts its RTP task.
@@ -549,7 +556,7 @@ impl Driver {
         &mut self,
         call: SipCallId,
         setup: SipCallSetup,
-        socket: std::net::UdpSocket,
+        (socket, rtcp_socket): (std::net::UdpSocket, Option<std::net::UdpSocket>),
         media: sdp::Negotiated,
     ) {
         let SipCallSetup {
@@ -604,6 +611,7 @@ impl Driver {
             ),
             receiver: RtpReceiver::new(media.codec.payload_type, media.telephone_event),
             tap,
+            rtcp: rtcp_link(&media, rtcp_socket, (seed >> 32) as u32, epoch),
         };
         let stop = CancellationToken::new();
         let (reason_tx, reason_rx) = oneshot::channel();
@@ -685,11 +693,11 @@ impl Driver {
                 setup,
                 reply,
             } => {
-                let bound = self.ports.bind().and_then(|socket| {
-                    let port = socket.local_addr()?.port();
-                    Ok((socket, port))
+                let bound = self.ports.bind_pair().and_then(|sockets| {
+                    let port = sockets.0.local_addr()?.port();
+                    Ok((sockets, port))
                 });
-                let (socket, port) = match bound {
+                let ((socket, rtcp_socket), port) = match bound {
                     Ok(bound) => bound,
                     Err(error) => {
                         discard_setup(*setup);
@@ -706,6 +714,7 @@ impl Driver {
                     PendingOutbound {
                         setup: *setup,
                         socket,
+                        rtcp_socket,
                     },
                 );
                 let _ = reply.send(Ok((call, call_id)));
@@ -744,7 +753,11 @@ impl Driver {
                 }
             }
             UacOutput::Answered { call, media } => {
-                let Some(PendingOutbound { mut setup, socket }) = self.pending_out.remove(&call)
+                let Some(PendingOutbound {
+                    mut setup,
+                    socket,
+                    rtcp_socket,
+                }) = self.pending_out.remove(&call)
                 else {
                     return;
                 };
@@ -755,7 +768,8 @@ impl Driver {
                 let law = media.codec.law;
                 setup.media.inbound = InboundCodec::G711(law);
                 setup.media.outbound.codec = WireCodec::G711(law);
-                self.start_media(call, setup, socket, media).await;
+                self.start_media(call, setup, (socket, rtcp_socket), media)
+                    .await;
             }
             UacOutput::Ended { call, reason } => {
                 let reason = match reason {
@@ -776,6 +790,36 @@ impl Driver {
             }
         }
     }
+}
+
+/// The call's RTCP: on its own socket (RTP port + 1) toward the peer's
+/// RTP port + 1, or none if that socket could not be bound.
+fn rtcp_link(
+    media: &sdp::Negotiated,
+    socket: Option<std::net::UdpSocket>,
+    ssrc: u32,
+    epoch: std::time::Instant,
+) -> Option<RtcpLink> {
+    let socket = UdpSocket::from_std(socket?).ok()?;
+    let remote = media.remote_rtp;
+    let remote = SocketAddr::new(remote.ip(), remote.port().wrapping_add(1));
+    let now = Instant::from_std(epoch, std::time::Instant::now());
+    let seed = random_seed();
+    let config = super::rtcp::RtcpConfig {
+        ssrc,
+        cname: format!("{seed:016x}@callingbox"),
+        clock_rate: 8_000,
+        remote,
+        wall_clock: super::rtcp::WallClock {
+            at: now,
+            ntp: super::rtcp::NtpTime::from_system(std::time::SystemTime::now()),
+        },
+        seed,
+    };
+    Some(RtcpLink {
+        socket: Some(socket),
+        session: super::rtcp::RtcpSession::new(config, now),
+    })
 }
 
 fn is_outbound(call: SipCallId) -> bool {
