@@ -170,15 +170,12 @@ fn pcap(datagrams: &[(SocketAddr, Vec<u8>, SystemTime)], to: SocketAddr) -> Vec<
     file
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sipp_call_carries_rtcp_reports_rtt_and_a_final_bye() {
-    if !installed("sipp", "-v") {
-        println!(
-            "SKIPPED sipp_call_carries_rtcp_reports_rtt_and_a_final_bye: `sipp` is not installed (apt-get install sip-tester)"
-        );
-        return;
-    }
-    let (events_tx, mut events) = mpsc::unbounded_channel();
+/// Starts an engine answering number 1000 with a scripted agent; returns
+/// its SIP address and the call's events.
+async fn start_engine(
+    rtp_ports: std::ops::RangeInclusive<u16>,
+) -> (String, mpsc::UnboundedReceiver<SipEvent>) {
+    let (events_tx, events) = mpsc::unbounded_channel();
     let factory = move |_call: &IncomingCall| {
         let conversation =
             scripted_conversation(&[BOOK_TABLE], &[REPLY]).map_err(|error| SipCallRefused {
@@ -196,13 +193,26 @@ async fn sipp_call_carries_rtcp_reports_rtt_and_a_final_bye() {
     };
     let (worker, _task) = spawn_worker(MediaWorker::new(VadBatch::load_or_fallback(4), None));
     let mut config = SipConfig::new("127.0.0.1:0".parse().expect("addr"));
-    config.rtp_ports = 42_700..=42_798;
+    config.rtp_ports = rtp_ports;
     config.numbers = vec!["1000".into()];
     let server = SipServer::bind(config, worker.clone(), factory)
         .await
         .expect("bind SIP");
     let target = server.local_addr().to_string();
     tokio::spawn(server.run());
+
+    (target, events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_call_carries_rtcp_reports_rtt_and_a_final_bye() {
+    if !installed("sipp", "-v") {
+        println!(
+            "SKIPPED sipp_call_carries_rtcp_reports_rtt_and_a_final_bye: `sipp` is not installed (apt-get install sip-tester)"
+        );
+        return;
+    }
+    let (target, mut events) = start_engine(42_700..=42_798).await;
 
     let (sip_port, media_port) = (free_port(), free_port());
     let sipp = tokio::task::spawn_blocking(move || {
@@ -381,4 +391,198 @@ async fn sipp_call_carries_rtcp_reports_rtt_and_a_final_bye() {
         );
     }
     println!("tshark decoded {} RTCP frames: {frames:?}", frames.len());
+}
+
+/// The test peer's SR at `ntp` after `packets` packets of 160 octets, then an SDES.
+fn sender_report(ntp: NtpTime, packets: u32) -> Vec<u8> {
+    let mut packet = vec![0x80, PT_SR, 0, 6];
+    packet.extend_from_slice(&PEER_SSRC.to_be_bytes());
+    packet.extend_from_slice(&ntp.0.to_be_bytes());
+    packet.extend_from_slice(&(packets * 160).to_be_bytes());
+    packet.extend_from_slice(&packets.to_be_bytes());
+    packet.extend_from_slice(&(packets * 160).to_be_bytes());
+    packet.extend_from_slice(&[0x81, PT_SDES, 0, 4]);
+    packet.extend_from_slice(&PEER_SSRC.to_be_bytes());
+    packet.extend_from_slice(&[1, 9]);
+    packet.extend_from_slice(b"sipp-peer");
+    packet.push(0);
+    packet
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtcp_mux_offered_by_sipp_shares_the_rtp_port() {
+    if !installed("sipp", "-v") {
+        println!(
+            "SKIPPED rtcp_mux_offered_by_sipp_shares_the_rtp_port: `sipp` is not installed (apt-get install sip-tester)"
+        );
+        return;
+    }
+    let (target, mut events) = start_engine(42_800..=42_898).await;
+    // The media port SIPp offers is the test's, and so is the one above it
+    // (where RTCP would go without mux).
+    let (media, above) = loop {
+        let media = StdUdpSocket::bind("127.0.0.1:0").expect("bind");
+        let port = media.local_addr().expect("addr").port();
+        if port % 2 == 0
+            && let Ok(above) = StdUdpSocket::bind(("127.0.0.1", port + 1))
+        {
+            break (media, above);
+        }
+    };
+    let rtp_port = media.local_addr().expect("addr").port();
+    media.set_nonblocking(true).expect("nonblocking");
+    above.set_nonblocking(true).expect("nonblocking");
+    let media = UdpSocket::from_std(media).expect("tokio socket");
+    let sip_port = free_port();
+    let sipp = tokio::task::spawn_blocking(move || {
+        Command::new("sipp")
+            .arg(target)
+            .arg("-sf")
+            .arg(fixtures("sip").join("uac_rtcp_mux.xml"))
+            .args(["-s", "1000", "-i", "127.0.0.1", "-mi", "127.0.0.1"])
+            .args(["-p", &sip_port.to_string()])
+            .args(["-key", "rtp_port", &rtp_port.to_string()])
+            .args(["-m", "1", "-nostdin", "-timeout", "30s", "-timeout_error"])
+            .output()
+            .expect("run sipp")
+    });
+
+    // The engine's first report comes from its RTP socket, to the RTP port.
+    let mut buffer = [0u8; 1_500];
+    let first = tokio::time::timeout(Duration::from_secs(8), media.recv_from(&mut buffer)).await;
+    let Ok(Ok((length, engine_rtp))) = first else {
+        let output = sipp.await.expect("sipp thread");
+        panic!(
+            "no first report within the initial interval: {}",
+            describe(&output)
+        );
+    };
+    assert!(rtcp::is_rtcp(&buffer[..length]), "{:?}", &buffer[..length]);
+    let mut reports = vec![(buffer[..length].to_vec(), SystemTime::now())];
+
+    // 3 s of PCMU silence from the same port, with an SR every second.
+    let mut our_srs = Vec::new();
+    let mut ticks = tokio::time::interval(Duration::from_millis(20));
+    let packets = 150u32;
+    for index in 0..packets {
+        ticks.tick().await;
+        let mut rtp = vec![0x80, 0];
+        rtp.extend_from_slice(&(index as u16).to_be_bytes());
+        rtp.extend_from_slice(&(index * 160).to_be_bytes());
+        rtp.extend_from_slice(&PEER_SSRC.to_be_bytes());
+        rtp.extend_from_slice(&[0xFF; 160]);
+        media.send_to(&rtp, engine_rtp).await.expect("send RTP");
+        if index % 50 == 0 {
+            let now = SystemTime::now();
+            let ntp = NtpTime::from_system(now);
+            media
+                .send_to(&sender_report(ntp, index + 1), engine_rtp)
+                .await
+                .expect("send SR");
+            our_srs.push((ntp, now));
+        }
+        while let Ok((length, _)) = media.try_recv_from(&mut buffer) {
+            if rtcp::is_rtcp(&buffer[..length]) {
+                reports.push((buffer[..length].to_vec(), SystemTime::now()));
+            }
+        }
+    }
+    // Reports until the call ends and its BYE came, timed as they arrive.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut ended = None;
+    loop {
+        let wait = if ended.is_some() {
+            Duration::from_millis(300)
+        } else {
+            deadline.saturating_duration_since(tokio::time::Instant::now())
+        };
+        tokio::select! {
+            received = tokio::time::timeout(wait, media.recv_from(&mut buffer)) => match received {
+                Ok(Ok((length, _))) => {
+                    if rtcp::is_rtcp(&buffer[..length]) {
+                        reports.push((buffer[..length].to_vec(), SystemTime::now()));
+                    }
+                }
+                _ => break,
+            },
+            event = events.recv(), if ended.is_none() => match event {
+                Some(SipEvent::Ended { reason, rtp }) => {
+                    assert_eq!(reason, SipEnd::RemoteBye);
+                    ended = Some(rtp);
+                }
+                Some(_) => {}
+                None => panic!("the engine's events stopped"),
+            },
+        }
+    }
+    let rtp = ended.expect("the call ended");
+    let output = sipp.await.expect("sipp thread");
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert!(
+        above.recv_from(&mut buffer).is_err(),
+        "nothing goes to RTP port + 1 under rtcp-mux"
+    );
+
+    // Every report is valid; the last says BYE; a block about our stream
+    // carries our SR's time as LSR and the time since as DLSR.
+    let mut checked_dlsr = 0;
+    for (index, (datagram, arrived)) in reports.iter().enumerate() {
+        rtcp::validate_compound(datagram).expect("a valid compound packet");
+        let packets: Vec<RtcpPacket<'_>> = rtcp::packets(datagram).collect();
+        assert_eq!(
+            matches!(packets.last(), Some(RtcpPacket::Bye { .. })),
+            index == reports.len() - 1,
+            "{packets:?}"
+        );
+        let blocks = match packets[0] {
+            RtcpPacket::SenderReport { blocks, .. } | RtcpPacket::ReceiverReport { blocks, .. } => {
+                blocks
+            }
+            other => panic!("starts with {other:?}"),
+        };
+        for block in blocks.iter().filter(|block| block.ssrc == PEER_SSRC) {
+            assert_eq!(block.cumulative_lost, 0, "{block:?}");
+            let Some((_, sent)) = our_srs
+                .iter()
+                .find(|(ntp, _)| ntp.middle() == block.last_sr)
+            else {
+                assert_eq!(block.last_sr, 0, "LSR is one of our SRs: {block:?}");
+                continue;
+            };
+            let held = arrived.duration_since(*sent).expect("after the SR");
+            let dlsr =
+                Duration::from_micros(u64::from(block.delay_since_last_sr) * 1_000_000 / 65_536);
+            assert!(
+                held.abs_diff(dlsr) < Duration::from_millis(50),
+                "held {held:?}, DLSR {dlsr:?}"
+            );
+            checked_dlsr += 1;
+        }
+    }
+    assert!(
+        checked_dlsr >= 1,
+        "a report answered one of our SRs: {reports:?}"
+    );
+    assert_eq!(
+        rtp.bad_headers, 0,
+        "RTCP on the RTP port is not bad RTP: {rtp:?}"
+    );
+    assert_eq!(rtp.audio_received, u64::from(packets), "{rtp:?}");
+    let stats = rtp.rtcp;
+    assert_eq!(
+        (stats.expected, stats.lost),
+        (u64::from(packets), 0),
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.sender_reports_received as usize,
+        our_srs.len(),
+        "{stats:?}"
+    );
+    assert_eq!(stats.reports_sent as usize, reports.len(), "{stats:?}");
+    assert_eq!(stats.bad_packets, 0);
+    println!(
+        "rtcp-mux: {} reports on the RTP port, {checked_dlsr} with our LSR; {stats:?}",
+        reports.len()
+    );
 }

@@ -501,6 +501,16 @@ pub struct RtcpLink {
     pub session: RtcpSession,
 }
 
+/// Where reports go: under rtcp-mux wherever the RTP goes (the peer
+/// learned from its RTP, RFC 5761 with symmetric RTP), else the RTCP
+/// session's own choice.
+fn rtcp_destination(session: &RtcpSession, muxed: bool, receiver: &RtpReceiver) -> SocketAddr {
+    match receiver.peer() {
+        Some(peer) if muxed => peer,
+        _ => session.destination(),
+    }
+}
+
 /// Receives on `socket`, or never if there is none.
 async fn recv_or_pend(
     socket: Option<&UdpSocket>,
@@ -638,7 +648,7 @@ pub async fn run_rtp(
                 if let Some(session) = rtcp_session.as_mut() {
                     let now = now();
                     if let Some(length) = session.poll_report(now, &mut report) {
-                        let to = session.destination();
+                        let to = rtcp_destination(session, muxed, &receiver);
                         let out = rtcp_socket.as_ref().unwrap_or(&socket);
                         if out.send_to(&report[..length], to).await.is_err() {
                             session.count_send_error();
@@ -655,7 +665,10 @@ pub async fn run_rtp(
         if let Some(length) = session.write_bye(now(), &mut report) {
             let out = rtcp_socket.as_ref().unwrap_or(&socket);
             if out
-                .send_to(&report[..length], session.destination())
+                .send_to(
+                    &report[..length],
+                    rtcp_destination(&session, muxed, &receiver),
+                )
                 .await
                 .is_err()
             {

@@ -792,17 +792,24 @@ impl Driver {
     }
 }
 
-/// The call's RTCP: on its own socket (RTP port + 1) toward the peer's
-/// RTP port + 1, or none if that socket could not be bound.
+/// The call's RTCP: on the RTP socket under rtcp-mux, else on its own
+/// socket (RTP port + 1) toward the peer's `a=rtcp:` address or RTP port
+/// + 1; none if that socket could not be bound.
 fn rtcp_link(
     media: &sdp::Negotiated,
     socket: Option<std::net::UdpSocket>,
     ssrc: u32,
     epoch: std::time::Instant,
 ) -> Option<RtcpLink> {
-    let socket = UdpSocket::from_std(socket?).ok()?;
-    let remote = media.remote_rtp;
-    let remote = SocketAddr::new(remote.ip(), remote.port().wrapping_add(1));
+    let (socket, remote) = if media.rtcp_mux {
+        (None, media.remote_rtp)
+    } else {
+        let rtp = media.remote_rtp;
+        let remote = media
+            .remote_rtcp
+            .unwrap_or_else(|| SocketAddr::new(rtp.ip(), rtp.port().wrapping_add(1)));
+        (Some(UdpSocket::from_std(socket?).ok()?), remote)
+    };
     let now = Instant::from_std(epoch, std::time::Instant::now());
     let seed = random_seed();
     let config = super::rtcp::RtcpConfig {
@@ -817,7 +824,7 @@ fn rtcp_link(
         seed,
     };
     Some(RtcpLink {
-        socket: Some(socket),
+        socket,
         session: super::rtcp::RtcpSession::new(config, now),
     })
 }

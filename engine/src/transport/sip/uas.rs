@@ -829,6 +829,8 @@ const PLACEHOLDER_MEDIA: Negotiated = Negotiated {
     telephone_event: None,
     ptime: 20,
     direction: super::sdp::Direction::Inactive,
+    rtcp_mux: false,
+    remote_rtcp: None,
 };
 
 #[cfg(test)]
