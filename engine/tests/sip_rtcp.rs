@@ -423,7 +423,7 @@ async fn rtcp_mux_offered_by_sipp_shares_the_rtp_port() {
     let (media, above) = loop {
         let media = StdUdpSocket::bind("127.0.0.1:0").expect("bind");
         let port = media.local_addr().expect("addr").port();
-        if port % 2 == 0
+        if port.is_multiple_of(2)
             && let Ok(above) = StdUdpSocket::bind(("127.0.0.1", port + 1))
         {
             break (media, above);
@@ -472,7 +472,7 @@ async fn rtcp_mux_offered_by_sipp_shares_the_rtp_port() {
         rtp.extend_from_slice(&PEER_SSRC.to_be_bytes());
         rtp.extend_from_slice(&[0xFF; 160]);
         media.send_to(&rtp, engine_rtp).await.expect("send RTP");
-        if index % 50 == 0 {
+        if index.is_multiple_of(50) {
             let now = SystemTime::now();
             let ntp = NtpTime::from_system(now);
             media
