@@ -596,6 +596,15 @@ impl RtcpSession {
         self.peer.unwrap_or(self.config.remote)
     }
 
+    /// Sends to `remote` from now on (a re-INVITE moved the peer); its
+    /// reports are learned again from the next one that comes.
+    pub fn set_remote(&mut self, remote: SocketAddr) {
+        if remote != self.config.remote {
+            self.config.remote = remote;
+            self.peer = None;
+        }
+    }
+
     /// When the next report is due.
     pub fn next_report(&self) -> Instant {
         self.next_report

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::rtcp::{self, REPORT_MAX, RtcpSession, RtcpStats};
+use super::sip::reinvite::MediaUpdate;
 use super::{CallOutput, WirePacket, WorkerHandle};
 use crate::clock::Instant;
 use crate::session::{CallKey, MediaEvent};
@@ -233,6 +234,10 @@ pub struct RtpStats {
     pub sent: u64,
     /// Agent packets we could not send (socket error).
     pub send_errors: u64,
+    /// Agent packets not sent because the peer held the call.
+    pub held_dropped: u64,
+    /// Caller packets not handed to the agent while held (music on hold).
+    pub held_ignored: u64,
     /// The peer learned from the first packet (where we send).
     pub peer: Option<SocketAddr>,
     /// RTCP: reports sent and received, loss, jitter and round-trip time.
@@ -298,6 +303,22 @@ impl RtpReceiver {
     /// in the sequence space too.
     pub fn take_accepted(&mut self) -> Option<(u32, u16, u32, bool)> {
         self.last_accepted.take()
+    }
+
+    /// Forgets the learned peer: after a re-INVITE moved the stream, the
+    /// next packet (from the new address) is the peer.
+    pub fn forget_peer(&mut self) {
+        self.peer = None;
+    }
+
+    /// Counts an agent packet dropped (`outgoing`) or a caller packet
+    /// ignored while the call is held.
+    pub fn count_held(&mut self, outgoing: bool) {
+        if outgoing {
+            self.stats.held_dropped += 1;
+        } else {
+            self.stats.held_ignored += 1;
+        }
     }
 
     /// Counts a packet sent (the sender side shares the counters).
@@ -454,6 +475,8 @@ pub enum RtpEvent {
     Media(MediaEvent),
     /// A DTMF key from an RFC 4733 event.
     Digit(char),
+    /// The peer held (`true`) or resumed the call.
+    Held(bool),
 }
 
 /// Why [`run_rtp`] returned.
@@ -489,6 +512,8 @@ pub struct RtpCall {
     pub tap: Option<mpsc::Sender<WirePacket>>,
     /// The call's RTCP, if it has any.
     pub rtcp: Option<RtcpLink>,
+    /// Hold, resume and moves of the peer's address (re-INVITEs).
+    pub control: Option<mpsc::UnboundedReceiver<MediaUpdate>>,
 }
 
 /// A call's RTCP as [`run_rtp`] runs it.
@@ -508,6 +533,16 @@ fn rtcp_destination(session: &RtcpSession, muxed: bool, receiver: &RtpReceiver) 
     match receiver.peer() {
         Some(peer) if muxed => peer,
         _ => session.destination(),
+    }
+}
+
+/// The next media update, or never once there are none.
+async fn next_update(
+    control: Option<&mut mpsc::UnboundedReceiver<MediaUpdate>>,
+) -> Option<MediaUpdate> {
+    match control {
+        Some(control) => control.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -535,14 +570,16 @@ pub async fn run_rtp(
 ) -> (RtpEnd, RtpStats) {
     let RtpCall {
         socket,
-        remote,
+        mut remote,
         key,
         mut outputs,
         mut sender,
         mut receiver,
         tap,
         rtcp,
+        mut control,
     } = call;
+    let mut held = false;
     let (rtcp_socket, mut rtcp_session) = match rtcp {
         Some(link) => (link.socket, Some(link.session)),
         None => (None, None),
@@ -568,6 +605,7 @@ pub async fn run_rtp(
             () = stop.cancelled() => break RtpEnd::Stopped,
             output = outputs.recv() => match output {
                 None => break RtpEnd::WorkerGone,
+                Some(CallOutput::Packet(_)) if held => receiver.count_held(true),
                 Some(CallOutput::Packet(packet)) => {
                     let now = now();
                     let Some(length) =
@@ -607,6 +645,8 @@ pub async fn run_rtp(
                         continue;
                     }
                     match receiver.receive(from, datagram) {
+                        // Music on hold is not the caller speaking.
+                        RtpReceived::Audio(_) if held => receiver.count_held(false),
                         RtpReceived::Audio(packet) => {
                             if let Some(wire) = WirePacket::new(
                                 packet.sequence,
@@ -644,6 +684,26 @@ pub async fn run_rtp(
                     (Ok(_), None) => {}
                 }
             }
+            update = next_update(control.as_mut()) => match update {
+                None => control = None,
+                Some(update) => {
+                    if update.remote_rtp != remote {
+                        // Symmetric RTP starts over on the new address.
+                        remote = update.remote_rtp;
+                        receiver.forget_peer();
+                    }
+                    if let Some(session) = rtcp_session.as_mut()
+                        && !muxed
+                    {
+                        session.set_remote(update.remote_rtcp);
+                    }
+                    if update.held != held {
+                        held = update.held;
+                        let _ = worker.set_held(key, held).await;
+                        on_event(RtpEvent::Held(held));
+                    }
+                }
+            },
             () = &mut report_timer, if rtcp_session.is_some() => {
                 if let Some(session) = rtcp_session.as_mut() {
                     let now = now();

@@ -36,6 +36,7 @@ pub mod digest;
 pub mod message;
 pub mod outbound;
 pub mod outcome;
+pub mod reinvite;
 pub mod sdp;
 pub mod uac;
 pub mod uas;
@@ -65,6 +66,7 @@ pub use digest::Credentials;
 use message::SipMessage;
 pub use outbound::{DialError, DialedCall, OutboundCall, Route, SipDialer, SipTrunk};
 pub use outcome::{CallOutcome, CallResult, call_outcome};
+pub use reinvite::MediaUpdate;
 pub use uac::{SipUac, UacConfig, UacEnd, UacOutput};
 pub use uas::{CallEnd, IncomingCall, SipCallId, SipUas, UasConfig, UasOutput};
 
@@ -194,6 +196,13 @@ pub enum SipEvent {
     Dtmf {
         /// `0`-`9`, `*`, `#`, `A`-`D`.
         digit: char,
+    },
+    /// The peer put the call on hold (`held`, by a re-INVITE with
+    /// `sendonly`/`inactive`: the agent is silent and hears nothing) or
+    /// resumed it.
+    Hold {
+        /// On hold now.
+        held: bool,
     },
     /// The call is over and everything it started has stopped.
     Ended {
@@ -369,6 +378,8 @@ struct PendingCall {
 struct RunningCall {
     stop: CancellationToken,
     reason: oneshot::Sender<SipEnd>,
+    /// Re-INVITEs' changes for the call's RTP task.
+    control: mpsc::UnboundedSender<MediaUpdate>,
 }
 
 /// What call tasks tell the SIP task.
@@ -487,6 +498,11 @@ impl Driver {
             UasOutput::Incoming(incoming) => self.on_incoming(incoming),
             UasOutput::Answered(call) => self.on_answered(call).await,
             UasOutput::Ended { call, reason } => self.on_ended(call, reason),
+            UasOutput::MediaChanged { call, update } => {
+                if let Some(running) = self.running.get(&call) {
+                    let _ = running.control.send(update);
+                }
+            }
         }
     }
 
@@ -598,6 +614,7 @@ impl Driver {
             let _ = events.send(SipEvent::Answered);
         }
         let seed = random_seed();
+        let (control, control_rx) = mpsc::unbounded_channel();
         let rtp = RtpCall {
             socket,
             remote: media.remote_rtp,
@@ -612,6 +629,7 @@ impl Driver {
             receiver: RtpReceiver::new(media.codec.payload_type, media.telephone_event),
             tap,
             rtcp: rtcp_link(&media, rtcp_socket, (seed >> 32) as u32, epoch),
+            control: Some(control_rx),
         };
         let stop = CancellationToken::new();
         let (reason_tx, reason_rx) = oneshot::channel();
@@ -620,6 +638,7 @@ impl Driver {
             RunningCall {
                 stop: stop.clone(),
                 reason: reason_tx,
+                control,
             },
         );
         let worker = self.worker.clone();
@@ -629,6 +648,7 @@ impl Driver {
                 let event = match event {
                     RtpEvent::Media(event) => SipEvent::Media(event),
                     RtpEvent::Digit(digit) => SipEvent::Dtmf { digit },
+                    RtpEvent::Held(held) => SipEvent::Hold { held },
                 };
                 if let Some(events) = &events {
                     let _ = events.send(event);

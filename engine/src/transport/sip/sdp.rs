@@ -120,6 +120,12 @@ pub struct Answer {
 impl Answer {
     /// The answer's SDP text (CRLF lines).
     pub fn to_sdp(&self) -> String {
+        self.to_sdp_version(self.session_id)
+    }
+
+    /// The answer's SDP with `version` in its `o=` line: a later answer in
+    /// the same session (a re-INVITE's) carries a higher one (RFC 3264, 8).
+    pub fn to_sdp_version(&self, version: u64) -> String {
         let ip = self.local_rtp.ip();
         let family = match ip {
             IpAddr::V4(_) => "IP4",
@@ -130,7 +136,7 @@ impl Answer {
         // Writing to a String cannot fail.
         let _ = write!(
             sdp,
-            "v=0\r\no=callingbox {id} {id} IN {family} {ip}\r\ns=CallingBox\r\n\
+            "v=0\r\no=callingbox {id} {version} IN {family} {ip}\r\ns=CallingBox\r\n\
              c=IN {family} {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP {pt}",
             id = self.session_id,
             port = self.local_rtp.port(),
@@ -226,6 +232,17 @@ struct MediaSection<'a> {
 /// Negotiates an offer: the first active `m=audio` stream, the first of
 /// PCMU/PCMA in the offerer's order, and `telephone-event` if offered.
 pub fn negotiate(offer: &str) -> Result<Negotiated, SdpError> {
+    negotiate_with(offer, None)
+}
+
+/// Negotiates a new offer in an established call (a re-INVITE): like
+/// [`negotiate`], but only `law` is acceptable, because the call's media
+/// pipeline was built for it (an offer without it has no common codec).
+pub fn negotiate_keeping(offer: &str, law: G711Law) -> Result<Negotiated, SdpError> {
+    negotiate_with(offer, Some(law))
+}
+
+fn negotiate_with(offer: &str, keep: Option<G711Law>) -> Result<Negotiated, SdpError> {
     let mut session_connection: Option<IpAddr> = None;
     let mut session_direction: Option<Direction> = None;
     let mut sections: Vec<MediaSection<'_>> = Vec::new();
@@ -331,6 +348,9 @@ pub fn negotiate(offer: &str) -> Result<Negotiated, SdpError> {
                     _ => None,
                 },
             }?;
+            if keep.is_some_and(|kept| kept != law) {
+                return None;
+            }
             Some(AudioCodec {
                 payload_type: pt,
                 law,

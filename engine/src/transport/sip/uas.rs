@@ -31,6 +31,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use super::message::{ALLOW, BRANCH_COOKIE, ParseError, SipMessage, name_addr_uri, response};
+use super::reinvite::{MediaUpdate, PendingReinvite, Reoffer, read_reoffer};
 use super::sdp::{Answer, Negotiated, SdpError, negotiate};
 use crate::clock::Instant;
 
@@ -120,6 +121,13 @@ pub enum UasOutput {
     Incoming(IncomingCall),
     /// The ACK of our 200 came: media may start.
     Answered(SipCallId),
+    /// A re-INVITE changed the call's media (hold, resume, a new address).
+    MediaChanged {
+        /// The call.
+        call: SipCallId,
+        /// What the media does now.
+        update: MediaUpdate,
+    },
     /// The call is over (reported once per call that was [`UasOutput::Incoming`]).
     Ended {
         /// The call.
@@ -209,6 +217,13 @@ struct Call {
     /// Whether the application saw it (it then gets exactly one `Ended`).
     offered: bool,
     state: State,
+    /// Our RTP address and `o=` session id and version, for the answers
+    /// to re-INVITEs.
+    local_rtp: Option<SocketAddr>,
+    session_id: u64,
+    sdp_version: u64,
+    /// A re-INVITE answered, waiting for its ACK.
+    reinvite: Option<PendingReinvite>,
 }
 
 /// A response of a non-INVITE server transaction, kept for timer J.
@@ -276,8 +291,12 @@ impl SipUas {
             }
             State::Rejected { forget_at } => Some(*forget_at),
         });
+        let reinvites = self
+            .calls
+            .values()
+            .filter_map(|call| call.reinvite.as_ref().map(PendingReinvite::deadline));
         let replays = self.replays.values().map(|replay| replay.forget_at);
-        calls.chain(replays).min()
+        calls.chain(reinvites).chain(replays).min()
     }
 
     fn random(&mut self) -> u64 {
@@ -417,19 +436,7 @@ impl SipUas {
                 }
                 return;
             }
-            // A re-INVITE in the dialog (session refresh): same answer.
-            let text = match (&call.state, &call.answer_sdp) {
-                (State::Confirmed, Some(sdp)) => response(
-                    &invite,
-                    200,
-                    None,
-                    source,
-                    &[("Contact", &self.contact()), ("Allow", ALLOW)],
-                    Some(("application/sdp", sdp)),
-                ),
-                _ => response(&invite, 491, None, source, &[], None),
-            };
-            self.transmit(source, text);
+            self.on_reinvite(now, source, &invite, &call_id);
             return;
         }
         if invite.to_tag().is_some() {
@@ -467,6 +474,10 @@ impl SipUas {
             offered: media.is_ok(),
             state: State::Offered,
             invite,
+            local_rtp: None,
+            session_id: 0,
+            sdp_version: 0,
+            reinvite: None,
         };
         let incoming = media.ok().map(|media| IncomingCall {
             call: id,
@@ -518,6 +529,8 @@ impl SipUas {
         }
         .to_sdp();
         tracked.answer_sdp = Some(sdp);
+        tracked.local_rtp = Some(local_rtp);
+        (tracked.session_id, tracked.sdp_version) = (session_id, session_id);
         let ringing = response(
             &tracked.invite,
             180,
@@ -659,8 +672,89 @@ impl SipUas {
                     forget_at: now + self.config.t4,
                 };
             }
+            // The ACK of a re-INVITE's final response (a 2xx's has a new
+            // branch: matched by CSeq).
+            State::Confirmed
+                if call
+                    .reinvite
+                    .as_ref()
+                    .is_some_and(|pending| ack.cseq().map(|(n, _)| n) == Some(pending.cseq)) =>
+            {
+                call.reinvite = None;
+            }
             _ => {}
         }
+    }
+
+    /// A re-INVITE in a dialog: hold, resume, a new address, a refresh
+    /// (see [`super::reinvite`]).
+    fn on_reinvite(&mut self, now: Instant, source: SocketAddr, invite: &SipMessage, key: &str) {
+        let contact = self.contact();
+        let t1 = self.config.t1;
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
+        let branch = invite.branch().unwrap_or_default();
+        if let Some(pending) = &call.reinvite
+            && pending.branch == branch
+        {
+            let text = pending.response.clone();
+            self.stats.retransmissions_absorbed += 1;
+            self.transmit(source, text);
+            return;
+        }
+        // An offer while another is unfinished (before the ACK): 491, and
+        // the peer retries later (RFC 3261 14.2). Not kept: a retransmission
+        // meets the same answer.
+        if !matches!(call.state, State::Confirmed) || call.reinvite.is_some() {
+            let text = response(invite, 491, None, source, &[], None);
+            self.transmit(source, text);
+            return;
+        }
+        let (status, sdp) = match read_reoffer(&call.media, &invite.body) {
+            Err(status) => (status, None),
+            Ok(Reoffer::NoOffer) => (200, call.answer_sdp.clone()),
+            Ok(Reoffer::Accept { media }) => match call.local_rtp {
+                Some(local_rtp) => {
+                    let before = MediaUpdate::of(&call.media);
+                    call.media = media;
+                    call.sdp_version += 1;
+                    let sdp = Answer {
+                        negotiated: media,
+                        local_rtp,
+                        session_id: call.session_id,
+                    }
+                    .to_sdp_version(call.sdp_version);
+                    call.answer_sdp = Some(sdp.clone());
+                    let update = MediaUpdate::of(&media);
+                    if update != before {
+                        let id = call.id;
+                        self.outputs
+                            .push_back(UasOutput::MediaChanged { call: id, update });
+                    }
+                    (200, Some(sdp))
+                }
+                None => (500, None),
+            },
+        };
+        let headers: &[(&str, &str)] = if status == 200 {
+            &[("Contact", &contact), ("Allow", ALLOW)]
+        } else {
+            &[]
+        };
+        let body = sdp.as_deref().map(|sdp| ("application/sdp", sdp));
+        let text = response(invite, status, None, source, headers, body);
+        let cseq = invite.cseq().map(|(n, _)| n).unwrap_or_default();
+        if let Some(call) = self.calls.get_mut(key) {
+            call.reinvite = Some(PendingReinvite::new(
+                branch.to_owned(),
+                cseq,
+                text.clone(),
+                now,
+                t1,
+            ));
+        }
+        self.transmit(source, text);
     }
 
     fn on_cancel(&mut self, now: Instant, source: SocketAddr, cancel: &SipMessage) {
@@ -779,6 +873,17 @@ impl SipUas {
                     due.push((key.clone(), Due::Send(call.source, bye.clone())));
                 }
                 _ => {}
+            }
+        }
+        for call in self.calls.values_mut() {
+            let Some(pending) = &mut call.reinvite else {
+                continue;
+            };
+            if pending.expired(now) {
+                // No ACK in 64*T1: the offer/answer stands, stop resending.
+                call.reinvite = None;
+            } else if let Some(text) = pending.retransmission(now, t2) {
+                due.push((String::new(), Due::Send(call.source, text.to_owned())));
             }
         }
         due.sort_by(|a, b| a.0.cmp(&b.0));
