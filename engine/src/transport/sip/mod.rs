@@ -38,6 +38,7 @@ pub mod outbound;
 pub mod outcome;
 pub mod reinvite;
 pub mod sdp;
+pub mod session_timer;
 pub mod uac;
 pub mod uas;
 
@@ -87,6 +88,8 @@ pub struct SipConfig {
     pub numbers: Vec<String>,
     /// Ringing time before the 200 OK.
     pub answer_after: Duration,
+    /// Session timers of inbound calls (RFC 4028).
+    pub session_timer: session_timer::SessionTimerConfig,
 }
 
 impl SipConfig {
@@ -98,6 +101,7 @@ impl SipConfig {
             rtp_ports: 40_000..=40_999,
             numbers: Vec::new(),
             answer_after: Duration::ZERO,
+            session_timer: session_timer::SessionTimerConfig::default(),
         }
     }
 }
@@ -172,6 +176,9 @@ pub enum SipEnd {
     NoResponse,
     /// Outbound: the 200 OK carried no SDP answer we can use; we sent BYE.
     BadAnswer,
+    /// The session timer ran out (RFC 4028): no refresh came, or ours
+    /// failed; we sent BYE.
+    SessionExpired,
 }
 
 /// What the transport reports about a call.
@@ -325,6 +332,7 @@ impl SipServer {
         let mut uas_config = UasConfig::new(SocketAddr::new(self.advertised_ip, self.local.port()));
         uas_config.numbers = self.config.numbers.clone();
         uas_config.answer_after = self.config.answer_after;
+        uas_config.session_timer = self.config.session_timer;
         let uac_config = UacConfig::new(uas_config.local);
         let mut driver = Driver {
             uas: SipUas::new(uas_config, random_seed()),
@@ -685,6 +693,7 @@ impl Driver {
             CallEnd::LocalBye { .. } => SipEnd::HungUp,
             CallEnd::AckTimeout => SipEnd::AckTimeout,
             CallEnd::Rejected(status) => SipEnd::Rejected(status),
+            CallEnd::SessionExpired => SipEnd::SessionExpired,
         };
         if let Some(running) = self.running.remove(&call) {
             let _ = running.reason.send(reason);
