@@ -465,6 +465,26 @@ mod tests {
             .find(|m| m.status() == Some(422))
             .expect("a 422");
         assert_eq!(refused.header("min-se"), Some("90"));
+        // The caller ACKs and retries with the same Call-ID, a higher CSeq
+        // and our Min-SE: a new call.
+        uas.handle_datagram(
+            Instant::from_millis(10),
+            peer(),
+            &request("ACK", 1, "small", None, ""),
+        );
+        let retry = request(
+            "INVITE",
+            2,
+            "retry",
+            None,
+            "Supported: timer\r\nSession-Expires: 90\r\n",
+        );
+        uas.handle_datagram(Instant::from_millis(20), peer(), &retry);
+        let mut offered = false;
+        while let Some(output) = uas.poll_output() {
+            offered |= matches!(output, UasOutput::Incoming(_));
+        }
+        assert!(offered, "the retry is a call");
     }
 
     #[test]

@@ -459,6 +459,17 @@ impl SipUas {
         let Some(call_id) = invite.call_id().map(str::to_owned) else {
             return;
         };
+        // A new INVITE (higher CSeq) for a Call-ID we refused, as after a
+        // 422 (RFC 4028 section 6): a new call; the refused one is done.
+        let cseq = |message: &SipMessage| message.cseq().map(|(n, _)| n);
+        if let Some(call) = self.calls.get(&call_id)
+            && matches!(call.state, State::Rejecting(_) | State::Rejected { .. })
+            && invite.to_tag().is_none()
+            && invite.branch() != Some(call.invite_branch.as_str())
+            && cseq(&invite) > cseq(&call.invite)
+        {
+            self.calls.remove(&call_id);
+        }
         if let Some(call) = self.calls.get(&call_id) {
             let same_transaction = invite.branch() == Some(call.invite_branch.as_str());
             if same_transaction || invite.to_tag().is_none() {
