@@ -36,6 +36,7 @@ pub mod digest;
 pub mod message;
 pub mod outbound;
 pub mod outcome;
+pub mod register;
 pub mod reinvite;
 pub mod sdp;
 pub mod session_timer;
