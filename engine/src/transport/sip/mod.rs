@@ -52,7 +52,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::rtp::{
@@ -68,12 +68,17 @@ pub use digest::Credentials;
 use message::SipMessage;
 pub use outbound::{DialError, DialedCall, OutboundCall, Route, SipDialer, SipTrunk};
 pub use outcome::{CallOutcome, CallResult, call_outcome};
+pub use register::{RegistrationConfig, RegistrationStatus};
 pub use reinvite::MediaUpdate;
 pub use uac::{SipUac, UacConfig, UacEnd, UacOutput};
 pub use uas::{CallEnd, IncomingCall, SipCallId, SipUas, UasConfig, UasOutput};
 
 /// The longest SIP datagram read.
 const DATAGRAM_MAX: usize = 16 * 1024;
+
+/// How long [`SipServer::run_until`] waits for the registrar to confirm
+/// the un-REGISTER before it returns anyway.
+pub const UNREGISTER_WAIT: Duration = Duration::from_secs(5);
 
 /// How the SIP server listens and answers.
 #[derive(Debug, Clone)]
@@ -91,6 +96,9 @@ pub struct SipConfig {
     pub answer_after: Duration,
     /// Session timers of inbound calls (RFC 4028).
     pub session_timer: session_timer::SessionTimerConfig,
+    /// Register our address at a trunk's registrar (RFC 3261 10), if it
+    /// needs to know where to send our calls.
+    pub register: Option<register::RegistrationConfig>,
 }
 
 impl SipConfig {
@@ -103,6 +111,7 @@ impl SipConfig {
             numbers: Vec::new(),
             answer_after: Duration::ZERO,
             session_timer: session_timer::SessionTimerConfig::default(),
+            register: None,
         }
     }
 }
@@ -265,6 +274,7 @@ pub struct SipServer {
     commands: mpsc::UnboundedSender<outbound::Command>,
     command_rx: mpsc::UnboundedReceiver<outbound::Command>,
     load: SipLoad,
+    registration: watch::Sender<RegistrationStatus>,
 }
 
 impl std::fmt::Debug for SipServer {
@@ -307,7 +317,14 @@ impl SipServer {
             commands,
             command_rx,
             load: SipLoad::default(),
+            registration: watch::channel(RegistrationStatus::Unregistered).0,
         })
+    }
+
+    /// The registration's status as it changes (always
+    /// [`RegistrationStatus::Unregistered`] without [`SipConfig::register`]).
+    pub fn registration(&self) -> watch::Receiver<RegistrationStatus> {
+        self.registration.subscribe()
     }
 
     /// The live counts of this server's calls, updated as it runs.
@@ -330,6 +347,18 @@ impl SipServer {
 
     /// Serves calls until the SIP socket fails.
     pub async fn run(self) -> std::io::Result<()> {
+        self.run_until(CancellationToken::new()).await
+    }
+
+    /// Serves calls until `stop` is cancelled (then un-REGISTERs, waiting
+    /// at most [`UNREGISTER_WAIT`] for the registrar) or the socket fails.
+    pub async fn run_until(self, stop: CancellationToken) -> std::io::Result<()> {
+        let local = SocketAddr::new(self.advertised_ip, self.local.port());
+        let registration = self
+            .config
+            .register
+            .clone()
+            .map(|config| register::Registration::new(config, local, random_seed()));
         let mut uas_config = UasConfig::new(SocketAddr::new(self.advertised_ip, self.local.port()));
         uas_config.numbers = self.config.numbers.clone();
         uas_config.answer_after = self.config.answer_after;
@@ -350,8 +379,10 @@ impl SipServer {
             running: HashMap::new(),
             notices: mpsc::unbounded_channel(),
             load: self.load,
+            registration,
+            registration_status: self.registration,
         };
-        driver.run().await
+        driver.run(&stop).await
     }
 }
 
@@ -419,6 +450,8 @@ struct Driver {
         mpsc::UnboundedReceiver<Notice>,
     ),
     load: SipLoad,
+    registration: Option<register::Registration>,
+    registration_status: watch::Sender<RegistrationStatus>,
 }
 
 impl Driver {
@@ -435,8 +468,12 @@ impl Driver {
         Instant::from_std(self.epoch, tokio::time::Instant::now().into_std())
     }
 
-    async fn run(&mut self) -> std::io::Result<()> {
+    async fn run(&mut self, stop: &CancellationToken) -> std::io::Result<()> {
         let mut buffer = vec![0u8; DATAGRAM_MAX];
+        if let Some(registration) = &mut self.registration {
+            registration.start(Instant::from_std(self.epoch, std::time::Instant::now()));
+        }
+        let mut stopping_since: Option<Instant> = None;
         loop {
             // Outputs can cause more (a failed media start hangs up): until none.
             loop {
@@ -444,16 +481,46 @@ impl Driver {
                     self.on_output(output).await;
                 } else if let Some(output) = self.uac.poll_output() {
                     self.on_uac_output(output).await;
+                } else if let Some(output) =
+                    self.registration.as_mut().and_then(|r| r.poll_output())
+                {
+                    match output {
+                        register::RegisterOutput::Transmit { to, bytes } => {
+                            let _ = self.socket.send_to(&bytes, to).await;
+                        }
+                        register::RegisterOutput::Status(status) => {
+                            self.registration_status.send_replace(status);
+                        }
+                    }
                 } else {
                     break;
                 }
             }
             self.publish_load();
-            let deadline = [self.uas.next_deadline(), self.uac.next_deadline()]
-                .into_iter()
-                .flatten()
-                .min()
-                .map(|at| tokio::time::Instant::from_std(self.epoch + at.since_epoch()));
+            if let Some(since) = stopping_since {
+                let done = self
+                    .registration
+                    .as_ref()
+                    .is_none_or(register::Registration::is_unregistered);
+                if done || self.now().saturating_since(since) >= UNREGISTER_WAIT {
+                    return Ok(());
+                }
+            }
+            let registration = self
+                .registration
+                .as_ref()
+                .and_then(register::Registration::next_deadline);
+            let give_up = stopping_since.map(|since| since + UNREGISTER_WAIT);
+            let deadline = [
+                self.uas.next_deadline(),
+                self.uac.next_deadline(),
+                registration,
+                give_up,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|at| tokio::time::Instant::from_std(self.epoch + at.since_epoch()));
             let timer = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -465,9 +532,18 @@ impl Driver {
                     Ok((length, from)) => {
                         let now = self.now();
                         let bytes = &buffer[..length];
-                        let outbound = SipMessage::parse(bytes)
-                            .is_ok_and(|message| self.uac.handle_message(now, from, &message));
-                        if !outbound {
+                        let parsed = SipMessage::parse(bytes).ok();
+                        let registered = match (&parsed, self.registration.as_mut()) {
+                            (Some(message), Some(registration)) => {
+                                registration.handle_response(now, message)
+                            }
+                            _ => false,
+                        };
+                        let outbound = !registered
+                            && parsed
+                                .as_ref()
+                                .is_some_and(|message| self.uac.handle_message(now, from, message));
+                        if !registered && !outbound {
                             self.uas.handle_datagram(now, from, bytes);
                         }
                     }
@@ -479,6 +555,16 @@ impl Driver {
                     let now = self.now();
                     self.uas.handle_timeout(now);
                     self.uac.handle_timeout(now);
+                    if let Some(registration) = &mut self.registration {
+                        registration.handle_timeout(now);
+                    }
+                }
+                () = stop.cancelled(), if stopping_since.is_none() => {
+                    let now = self.now();
+                    stopping_since = Some(now);
+                    if let Some(registration) = &mut self.registration {
+                        registration.unregister(now);
+                    }
                 }
                 Some(notice) = self.notices.1.recv() => match notice {
                     Notice::Finished { call, hung_up } => {
