@@ -40,6 +40,7 @@ pub mod register;
 pub mod reinvite;
 pub mod sdp;
 pub mod session_timer;
+pub mod tcp;
 pub mod uac;
 pub mod uas;
 
@@ -51,7 +52,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::net::UdpSocket;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -99,6 +100,8 @@ pub struct SipConfig {
     /// Register our address at a trunk's registrar (RFC 3261 10), if it
     /// needs to know where to send our calls.
     pub register: Option<register::RegistrationConfig>,
+    /// Also listen for SIP over TCP on the same address and port.
+    pub tcp: bool,
 }
 
 impl SipConfig {
@@ -112,6 +115,7 @@ impl SipConfig {
             answer_after: Duration::ZERO,
             session_timer: session_timer::SessionTimerConfig::default(),
             register: None,
+            tcp: true,
         }
     }
 }
@@ -275,6 +279,7 @@ pub struct SipServer {
     command_rx: mpsc::UnboundedReceiver<outbound::Command>,
     load: SipLoad,
     registration: watch::Sender<RegistrationStatus>,
+    tcp: Option<TcpListener>,
 }
 
 impl std::fmt::Debug for SipServer {
@@ -306,6 +311,12 @@ impl SipServer {
                 ));
             }
         };
+        // SIP over TCP on the same port (RFC 3261 18: UAs listen on both).
+        let tcp = if config.tcp {
+            Some(TcpListener::bind(local).await?)
+        } else {
+            None
+        };
         let (commands, command_rx) = mpsc::unbounded_channel();
         Ok(SipServer {
             socket: Arc::new(socket),
@@ -318,6 +329,7 @@ impl SipServer {
             command_rx,
             load: SipLoad::default(),
             registration: watch::channel(RegistrationStatus::Unregistered).0,
+            tcp,
         })
     }
 
@@ -381,6 +393,9 @@ impl SipServer {
             load: self.load,
             registration,
             registration_status: self.registration,
+            tcp_listener: self.tcp,
+            tcp_inbound: mpsc::unbounded_channel(),
+            tcp_connections: HashMap::new(),
         };
         driver.run(&stop).await
     }
@@ -452,6 +467,23 @@ struct Driver {
     load: SipLoad,
     registration: Option<register::Registration>,
     registration_status: watch::Sender<RegistrationStatus>,
+    tcp_listener: Option<TcpListener>,
+    tcp_inbound: (
+        mpsc::UnboundedSender<tcp::TcpInbound>,
+        mpsc::UnboundedReceiver<tcp::TcpInbound>,
+    ),
+    /// Open TCP connections by peer, to write to.
+    tcp_connections: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>,
+}
+
+/// Accepts on `listener`, or never if there is none.
+async fn accept_or_pend(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Driver {
@@ -486,7 +518,7 @@ impl Driver {
                 {
                     match output {
                         register::RegisterOutput::Transmit { to, bytes } => {
-                            let _ = self.socket.send_to(&bytes, to).await;
+                            self.send_sip(&bytes, to).await;
                         }
                         register::RegisterOutput::Status(status) => {
                             self.registration_status.send_replace(status);
@@ -529,24 +561,7 @@ impl Driver {
             };
             tokio::select! {
                 received = self.socket.recv_from(&mut buffer) => match received {
-                    Ok((length, from)) => {
-                        let now = self.now();
-                        let bytes = &buffer[..length];
-                        let parsed = SipMessage::parse(bytes).ok();
-                        let registered = match (&parsed, self.registration.as_mut()) {
-                            (Some(message), Some(registration)) => {
-                                registration.handle_response(now, message)
-                            }
-                            _ => false,
-                        };
-                        let outbound = !registered
-                            && parsed
-                                .as_ref()
-                                .is_some_and(|message| self.uac.handle_message(now, from, message));
-                        if !registered && !outbound {
-                            self.uas.handle_datagram(now, from, bytes);
-                        }
-                    }
+                    Ok((length, from)) => self.on_message(from, &buffer[..length]),
                     // ICMP unreachable from an earlier send: not our socket's fault.
                     Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {}
                     Err(error) => return Err(error),
@@ -559,6 +574,20 @@ impl Driver {
                         registration.handle_timeout(now);
                     }
                 }
+                accepted = accept_or_pend(self.tcp_listener.as_ref()) => {
+                    if let Ok((stream, peer)) = accepted {
+                        let (outbound, outbound_rx) = mpsc::unbounded_channel();
+                        self.tcp_connections.insert(peer, outbound);
+                        let inbound = self.tcp_inbound.0.clone();
+                        tokio::spawn(tcp::serve_connection(stream, peer, inbound, outbound_rx));
+                    }
+                }
+                Some(inbound) = self.tcp_inbound.1.recv() => match inbound {
+                    tcp::TcpInbound::Message { from, bytes } => self.on_message(from, &bytes),
+                    tcp::TcpInbound::Closed { from } => {
+                        self.tcp_connections.remove(&from);
+                    }
+                },
                 () = stop.cancelled(), if stopping_since.is_none() => {
                     let now = self.now();
                     stopping_since = Some(now);
@@ -584,11 +613,40 @@ impl Driver {
         }
     }
 
+    /// One SIP message from `from` (a UDP datagram or a framed TCP one):
+    /// the registration's, an outbound call's, or the UAS's.
+    fn on_message(&mut self, from: SocketAddr, bytes: &[u8]) {
+        let now = self.now();
+        let parsed = SipMessage::parse(bytes).ok();
+        let registered = match (&parsed, self.registration.as_mut()) {
+            (Some(message), Some(registration)) => registration.handle_response(now, message),
+            _ => false,
+        };
+        let outbound = !registered
+            && parsed
+                .as_ref()
+                .is_some_and(|message| self.uac.handle_message(now, from, message));
+        if !registered && !outbound {
+            self.uas.handle_datagram(now, from, bytes);
+        }
+    }
+
+    /// Sends a SIP message to `to`: on its TCP connection if it has one
+    /// open (responses go back the way their request came), else by UDP
+    /// (a lost datagram is what retransmissions are for).
+    async fn send_sip(&self, bytes: &[u8], to: SocketAddr) {
+        if let Some(connection) = self.tcp_connections.get(&to) {
+            let _ = connection.send(bytes.to_vec());
+            return;
+        }
+        let _ = self.socket.send_to(bytes, to).await;
+    }
+
     async fn on_output(&mut self, output: UasOutput) {
         match output {
             UasOutput::Transmit { to, bytes } => {
                 // UDP: a lost send is what retransmissions are for.
-                let _ = self.socket.send_to(&bytes, to).await;
+                self.send_sip(&bytes, to).await;
             }
             UasOutput::Incoming(incoming) => self.on_incoming(incoming),
             UasOutput::Answered(call) => self.on_answered(call).await,
@@ -850,7 +908,7 @@ impl Driver {
     async fn on_uac_output(&mut self, output: UacOutput) {
         match output {
             UacOutput::Transmit { to, bytes } => {
-                let _ = self.socket.send_to(&bytes, to).await;
+                self.send_sip(&bytes, to).await;
             }
             UacOutput::Ringing {
                 call,

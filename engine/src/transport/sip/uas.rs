@@ -555,8 +555,20 @@ impl SipUas {
         }
     }
 
-    fn contact(&self) -> String {
-        format!("<sip:callingbox@{}>", self.config.local)
+    /// Our Contact for the call at `key`, on the transport its INVITE came by.
+    fn contact(&self, key: &str) -> String {
+        let transport = self
+            .calls
+            .get(key)
+            .map_or("UDP", |call| via_transport(&call.invite));
+        match transport {
+            "UDP" => format!("<sip:callingbox@{}>", self.config.local),
+            other => format!(
+                "<sip:callingbox@{};transport={}>",
+                self.config.local,
+                other.to_ascii_lowercase()
+            ),
+        }
     }
 
     fn call_key(&self, call: SipCallId) -> Option<String> {
@@ -638,7 +650,7 @@ impl SipUas {
     }
 
     fn send_ok(&mut self, now: Instant, key: &str) {
-        let contact = self.contact();
+        let contact = self.contact(key);
         let t1 = self.config.t1;
         let Some(call) = self.calls.get_mut(key) else {
             return;
@@ -709,7 +721,7 @@ impl SipUas {
         let mut bye = String::with_capacity(512);
         let _ = write!(
             bye,
-            "BYE {target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\n\
+            "BYE {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch={branch};rport\r\n\
              Max-Forwards: 70\r\nFrom: {to};tag={tag}\r\nTo: {from}\r\nCall-ID: {call_id}\r\n\
              CSeq: {cseq} BYE\r\nUser-Agent: CallingBox\r\nContent-Length: 0\r\n\r\n",
             to = call.invite.header("to").unwrap_or_default(),
@@ -717,6 +729,7 @@ impl SipUas {
             from = call.invite.header("from").unwrap_or_default(),
             call_id = call.invite.call_id().unwrap_or_default(),
             cseq = call.next_cseq,
+            transport = via_transport(&call.invite),
         );
         call.next_cseq += 1;
         call.bye_branch = Some(branch);
@@ -765,7 +778,7 @@ impl SipUas {
     /// A re-INVITE in a dialog: hold, resume, a new address, a refresh
     /// (see [`super::reinvite`]).
     fn on_reinvite(&mut self, now: Instant, source: SocketAddr, invite: &SipMessage, key: &str) {
-        let contact = self.contact();
+        let contact = self.contact(key);
         let t1 = self.config.t1;
         let timer_config = self.config.session_timer;
         let Some(call) = self.calls.get_mut(key) else {
@@ -859,7 +872,7 @@ impl SipUas {
     /// UPDATE (RFC 3311) are not taken: 488, the session stays.
     fn on_update(&mut self, now: Instant, source: SocketAddr, update: &SipMessage) {
         let timer_config = self.config.session_timer;
-        let contact = self.contact();
+        let contact = self.contact(update.call_id().unwrap_or_default());
         let call = update
             .call_id()
             .and_then(|id| self.calls.get_mut(id))
@@ -902,7 +915,7 @@ impl SipUas {
         let branch = format!("{BRANCH_COOKIE}{:x}", self.random());
         let local = self.config.local;
         let t1 = self.config.t1;
-        let contact = self.contact();
+        let contact = self.contact(key);
         let Some(call) = self.calls.get_mut(key) else {
             return;
         };
@@ -918,7 +931,7 @@ impl SipUas {
         let mut text = String::with_capacity(640 + body.len());
         let _ = write!(
             text,
-            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\n\
+            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch={branch};rport\r\n\
              Max-Forwards: 70\r\nFrom: {to};tag={tag}\r\nTo: {from}\r\nCall-ID: {call_id}\r\n\
              CSeq: {cseq} {method}\r\nContact: {contact}\r\nSession-Expires: {expires}\r\n\
              Supported: timer\r\nAllow: {ALLOW}\r\nUser-Agent: CallingBox\r\n",
@@ -929,6 +942,7 @@ impl SipUas {
             call_id = call.invite.call_id().unwrap_or_default(),
             cseq = call.next_cseq,
             expires = request_header(&timer.terms()),
+            transport = via_transport(&call.invite),
         );
         if !body.is_empty() {
             text.push_str("Content-Type: application/sdp\r\n");
@@ -965,7 +979,7 @@ impl SipUas {
                 refresh.branch.clone()
             };
             let ack = format!(
-                "ACK {target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\n\
+                "ACK {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch={branch};rport\r\n\
                  Max-Forwards: 70\r\nFrom: {to};tag={tag}\r\nTo: {peer}\r\nCall-ID: {call_id}\r\n\
                  CSeq: {cseq} ACK\r\nContent-Length: 0\r\n\r\n",
                 target = dialog_target(&call.invite),
@@ -974,6 +988,7 @@ impl SipUas {
                 peer = message.header("to").unwrap_or_default(),
                 call_id = call.invite.call_id().unwrap_or_default(),
                 cseq = refresh.cseq,
+                transport = via_transport(&call.invite),
             );
             self.outputs.push_back(UasOutput::Transmit {
                 to: call.source,
@@ -1208,6 +1223,18 @@ enum Due {
     Forget,
     AckTimeout,
     ByeTimeout(SipCallId),
+}
+
+/// The transport of a request's top Via (`UDP`, `TCP` or `TLS`): the one
+/// our requests and Contact in its dialog use.
+fn via_transport(request: &SipMessage) -> &'static str {
+    let via = request.header("via").unwrap_or_default().trim_start();
+    let protocol = via.split_whitespace().next().unwrap_or_default();
+    match protocol.rsplit('/').next() {
+        Some(transport) if transport.eq_ignore_ascii_case("TCP") => "TCP",
+        Some(transport) if transport.eq_ignore_ascii_case("TLS") => "TLS",
+        _ => "UDP",
+    }
 }
 
 /// Where requests in the dialog go: the caller's Contact (or From).
