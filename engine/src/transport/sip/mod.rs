@@ -1,4 +1,4 @@
-//! SIP over UDP: real SIP peers (PBXs, trunks, softphones) call the engine.
+//! SIP over UDP and TCP: real SIP peers (PBXs, trunks, softphones) call the engine.
 //!
 //! - [`sdp`]: the offer/answer of the call's audio (PCMU/PCMA, DTMF events).
 //! - [`message`]: the SIP message parser and response builder.
@@ -30,6 +30,14 @@
 //! digest authentication ([`digest`]); numbers of the embedded default live
 //! on the [`carrier::LocalCarrier`]. [`outcome`] maps how a call ended to
 //! the status the control plane stores.
+//!
+//! In a call: RTCP reports both ways ([`rtcp`](super::rtcp), on RTP port + 1
+//! or muxed when offered; loss, jitter and RTT end in the call's
+//! [`RtpStats`]); re-INVITEs hold, resume and move the media
+//! ([`reinvite`]); session timers are negotiated, refreshed and enforced
+//! ([`session_timer`]). Beside the calls: a TCP listener on the SIP port
+//! ([`tcp`]) and, if configured, the registration at a trunk's registrar
+//! ([`register`], un-registered by [`SipServer::run_until`]'s stop).
 
 pub mod carrier;
 pub mod digest;
