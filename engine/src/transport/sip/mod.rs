@@ -85,6 +85,9 @@ pub use uas::{CallEnd, IncomingCall, SipCallId, SipUas, UasConfig, UasOutput};
 /// The longest SIP datagram read.
 const DATAGRAM_MAX: usize = 16 * 1024;
 
+/// How long a TLS client has to finish its handshake.
+const TLS_HANDSHAKE_WAIT: Duration = Duration::from_secs(10);
+
 /// How long [`SipServer::run_until`] waits for the registrar to confirm
 /// the un-REGISTER before it returns anyway.
 pub const UNREGISTER_WAIT: Duration = Duration::from_secs(5);
@@ -110,6 +113,8 @@ pub struct SipConfig {
     pub register: Option<register::RegistrationConfig>,
     /// Also listen for SIP over TCP on the same address and port.
     pub tcp: bool,
+    /// Also listen for SIP over TLS, where a certificate is configured.
+    pub tls: Option<tcp::SipTls>,
 }
 
 impl SipConfig {
@@ -124,6 +129,7 @@ impl SipConfig {
             session_timer: session_timer::SessionTimerConfig::default(),
             register: None,
             tcp: true,
+            tls: None,
         }
     }
 }
@@ -288,6 +294,7 @@ pub struct SipServer {
     load: SipLoad,
     registration: watch::Sender<RegistrationStatus>,
     tcp: Option<TcpListener>,
+    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
 }
 
 impl std::fmt::Debug for SipServer {
@@ -325,6 +332,10 @@ impl SipServer {
         } else {
             None
         };
+        let tls = match &config.tls {
+            Some(tls) => Some((TcpListener::bind(tls.bind).await?, tcp::tls_acceptor(tls)?)),
+            None => None,
+        };
         let (commands, command_rx) = mpsc::unbounded_channel();
         Ok(SipServer {
             socket: Arc::new(socket),
@@ -338,6 +349,7 @@ impl SipServer {
             load: SipLoad::default(),
             registration: watch::channel(RegistrationStatus::Unregistered).0,
             tcp,
+            tls,
         })
     }
 
@@ -355,6 +367,13 @@ impl SipServer {
     /// The SIP socket's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// The TLS listener's address, if TLS is configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls
+            .as_ref()
+            .and_then(|(listener, _)| listener.local_addr().ok())
     }
 
     /// Places outbound calls through this server once it [`run`](Self::run)s.
@@ -402,6 +421,7 @@ impl SipServer {
             registration,
             registration_status: self.registration,
             tcp_listener: self.tcp,
+            tls: self.tls,
             tcp_inbound: mpsc::unbounded_channel(),
             tcp_connections: HashMap::new(),
         };
@@ -476,6 +496,7 @@ struct Driver {
     registration: Option<register::Registration>,
     registration_status: watch::Sender<RegistrationStatus>,
     tcp_listener: Option<TcpListener>,
+    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     tcp_inbound: (
         mpsc::UnboundedSender<tcp::TcpInbound>,
         mpsc::UnboundedReceiver<tcp::TcpInbound>,
@@ -588,6 +609,26 @@ impl Driver {
                         self.tcp_connections.insert(peer, outbound);
                         let inbound = self.tcp_inbound.0.clone();
                         tokio::spawn(tcp::serve_connection(stream, peer, inbound, outbound_rx));
+                    }
+                }
+                accepted = accept_or_pend(self.tls.as_ref().map(|(listener, _)| listener)) => {
+                    if let (Ok((stream, peer)), Some((_, acceptor))) = (accepted, &self.tls) {
+                        let (outbound, outbound_rx) = mpsc::unbounded_channel();
+                        self.tcp_connections.insert(peer, outbound);
+                        let inbound = self.tcp_inbound.0.clone();
+                        let acceptor = acceptor.clone();
+                        tokio::spawn(async move {
+                            // A handshake that stalls must not hold the connection.
+                            let handshake = acceptor.accept(stream);
+                            match tokio::time::timeout(TLS_HANDSHAKE_WAIT, handshake).await {
+                                Ok(Ok(stream)) => {
+                                    tcp::serve_connection(stream, peer, inbound, outbound_rx).await;
+                                }
+                                _ => {
+                                    let _ = inbound.send(tcp::TcpInbound::Closed { from: peer });
+                                }
+                            }
+                        });
                     }
                 }
                 Some(inbound) = self.tcp_inbound.1.recv() => match inbound {

@@ -12,13 +12,60 @@
 //!
 //! Over TCP our Via says `SIP/2.0/TCP` and our Contact `;transport=tcp`
 //! (the [`uas`](super::uas) reads the transport off the INVITE's Via).
+//!
+//! TLS (RFC 3261 26.2) is the same stream under rustls, on its own port
+//! when a certificate and key are configured ([`SipTls`], [`tls_acceptor`]):
+//! `SIP/2.0/TLS` and `;transport=tls`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+
+/// SIP over TLS: where to listen, and our certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipTls {
+    /// The TLS listener's address (port 5061 by convention).
+    pub bind: SocketAddr,
+    /// The certificate chain, PEM (ours first).
+    pub certificate: PathBuf,
+    /// The certificate's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: PathBuf,
+}
+
+/// The TLS server side for `tls`'s certificate and key (rustls on ring,
+/// TLS 1.2 and 1.3).
+pub fn tls_acceptor(tls: &SipTls) -> std::io::Result<TlsAcceptor> {
+    let invalid = |what: &str, error: &dyn std::fmt::Display| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("SIP TLS {what}: {error}"),
+        )
+    };
+    let chain = CertificateDer::pem_file_iter(&tls.certificate)
+        .map_err(|error| invalid("certificate", &error))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| invalid("certificate", &error))?;
+    if chain.is_empty() {
+        return Err(invalid("certificate", &"no certificate in the file"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.private_key)
+        .map_err(|error| invalid("private key", &error))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| invalid("protocols", &error))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|error| invalid("certificate and key", &error))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
 
 /// The largest message taken from a stream (headers and body).
 pub const MESSAGE_MAX: usize = 64 * 1024;
@@ -106,10 +153,10 @@ pub enum TcpInbound {
     },
 }
 
-/// Runs one connection until the peer closes it, a read fails, the stream
-/// cannot be framed, or the driver drops `outbound`.
-pub async fn serve_connection(
-    mut stream: TcpStream,
+/// Runs one connection (TCP, or TLS over it) until the peer closes it, a
+/// read fails, the stream cannot be framed, or the driver drops `outbound`.
+pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     peer: SocketAddr,
     inbound: mpsc::UnboundedSender<TcpInbound>,
     mut outbound: mpsc::UnboundedReceiver<Vec<u8>>,
