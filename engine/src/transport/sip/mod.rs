@@ -85,6 +85,10 @@ pub use uas::{CallEnd, IncomingCall, SipCallId, SipUas, UasConfig, UasOutput};
 /// The longest SIP datagram read.
 const DATAGRAM_MAX: usize = 16 * 1024;
 
+/// Open TCP and TLS connections at most; more are closed at once (a
+/// flood of connections must not exhaust the process).
+const TCP_CONNECTIONS_MAX: usize = 4_096;
+
 /// How long a TLS client has to finish its handshake.
 const TLS_HANDSHAKE_WAIT: Duration = Duration::from_secs(10);
 
@@ -604,7 +608,9 @@ impl Driver {
                     }
                 }
                 accepted = accept_or_pend(self.tcp_listener.as_ref()) => {
-                    if let Ok((stream, peer)) = accepted {
+                    if let Ok((stream, peer)) = accepted
+                        && self.tcp_connections.len() < TCP_CONNECTIONS_MAX
+                    {
                         let (outbound, outbound_rx) = mpsc::unbounded_channel();
                         self.tcp_connections.insert(peer, outbound);
                         let inbound = self.tcp_inbound.0.clone();
@@ -612,7 +618,9 @@ impl Driver {
                     }
                 }
                 accepted = accept_or_pend(self.tls.as_ref().map(|(listener, _)| listener)) => {
-                    if let (Ok((stream, peer)), Some((_, acceptor))) = (accepted, &self.tls) {
+                    if let (Ok((stream, peer)), Some((_, acceptor))) = (accepted, &self.tls)
+                        && self.tcp_connections.len() < TCP_CONNECTIONS_MAX
+                    {
                         let (outbound, outbound_rx) = mpsc::unbounded_channel();
                         self.tcp_connections.insert(peer, outbound);
                         let inbound = self.tcp_inbound.0.clone();

@@ -225,6 +225,33 @@ mod tests {
     }
 
     #[test]
+    fn garbage_and_mutated_streams_never_panic() {
+        let stream = format!("{INVITE}{BYE}");
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut random = move || {
+            seed ^= seed >> 12;
+            seed ^= seed << 25;
+            seed ^= seed >> 27;
+            seed.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        for round in 0..2_000 {
+            let mut bytes = stream.as_bytes().to_vec();
+            for _ in 0..(round % 8) + 1 {
+                let at = (random() as usize) % bytes.len();
+                bytes[at] = random() as u8;
+            }
+            bytes.truncate((random() as usize) % (bytes.len() + 1));
+            let mut framer = StreamFramer::new();
+            for chunk in bytes.chunks(1 + (random() as usize) % 40) {
+                framer.push(chunk);
+                while let Ok(Some(message)) = framer.next_message() {
+                    assert!(message.len() <= MESSAGE_MAX);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn unframeable_streams_are_errors() {
         let mut framer = StreamFramer::new();
         framer.push(b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/TCP a\r\n\r\n");
