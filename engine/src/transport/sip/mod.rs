@@ -89,6 +89,9 @@ const DATAGRAM_MAX: usize = 16 * 1024;
 /// flood of connections must not exhaust the process).
 const TCP_CONNECTIONS_MAX: usize = 4_096;
 
+/// How long an outbound call over TCP waits for its connection.
+const TCP_CONNECT_WAIT: Duration = Duration::from_secs(5);
+
 /// How long a TLS client has to finish its handshake.
 const TLS_HANDSHAKE_WAIT: Duration = Duration::from_secs(10);
 
@@ -473,6 +476,13 @@ struct RunningCall {
 enum Notice {
     /// The call's media ended; `hung_up` if the engine ended it (send BYE).
     Finished { call: SipCallId, hung_up: bool },
+    /// The TCP connection an outbound call over TCP waited for.
+    Connected {
+        dial: uac::Dial,
+        setup: Box<SipCallSetup>,
+        reply: oneshot::Sender<Result<(SipCallId, String), DialError>>,
+        connected: std::io::Result<tokio::net::TcpStream>,
+    },
 }
 
 struct Driver {
@@ -663,6 +673,9 @@ impl Driver {
                                 let _ = self.uas.hang_up(now, call);
                             }
                         }
+                    }
+                    Notice::Connected { dial, setup, reply, connected } => {
+                        self.on_connected(dial, setup, reply, connected);
                     }
                 },
                 Some(command) = self.commands.1.recv() => self.on_command(command),
@@ -919,37 +932,31 @@ impl Driver {
 
     fn on_command(&mut self, command: outbound::Command) {
         match command {
-            outbound::Command::Dial {
-                mut dial,
-                setup,
-                reply,
-            } => {
-                let bound = self.ports.bind_pair().and_then(|sockets| {
-                    let port = sockets.0.local_addr()?.port();
-                    Ok((sockets, port))
+            outbound::Command::Dial { dial, setup, reply }
+                if dial.tcp && !self.tcp_connections.contains_key(&dial.target) =>
+            {
+                // Connect first, off the driver's task; the call is placed
+                // once the connection is up.
+                let notices = self.notices.0.clone();
+                tokio::spawn(async move {
+                    let connecting = tokio::net::TcpStream::connect(dial.target);
+                    let connected = tokio::time::timeout(TCP_CONNECT_WAIT, connecting)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "the TCP connection timed out",
+                            ))
+                        });
+                    let _ = notices.send(Notice::Connected {
+                        dial,
+                        setup,
+                        reply,
+                        connected,
+                    });
                 });
-                let ((socket, rtcp_socket), port) = match bound {
-                    Ok(bound) => bound,
-                    Err(error) => {
-                        discard_setup(*setup);
-                        let _ = reply.send(Err(DialError::NoRtpPort(error)));
-                        return;
-                    }
-                };
-                dial.local_rtp = SocketAddr::new(self.advertised_ip, port);
-                let now = self.now();
-                let call = self.uac.dial(now, dial);
-                let call_id = self.uac.call_id(call).unwrap_or_default().to_owned();
-                self.pending_out.insert(
-                    call,
-                    PendingOutbound {
-                        setup: *setup,
-                        socket,
-                        rtcp_socket,
-                    },
-                );
-                let _ = reply.send(Ok((call, call_id)));
             }
+            outbound::Command::Dial { dial, setup, reply } => self.place_call(dial, setup, reply),
             outbound::Command::HangUp(call) => {
                 if let Some(running) = self.running.remove(&call) {
                     // Stop the media now; the BYE's answer needs no waiting for.
@@ -960,6 +967,71 @@ impl Driver {
                 self.hang_up_signalling(call);
             }
         }
+    }
+
+    /// An outbound call's TCP connection is up (or failed).
+    fn on_connected(
+        &mut self,
+        dial: uac::Dial,
+        setup: Box<SipCallSetup>,
+        reply: oneshot::Sender<Result<(SipCallId, String), DialError>>,
+        connected: std::io::Result<tokio::net::TcpStream>,
+    ) {
+        match connected {
+            Ok(stream) => {
+                let (outbound, outbound_rx) = mpsc::unbounded_channel();
+                self.tcp_connections.insert(dial.target, outbound);
+                let inbound = self.tcp_inbound.0.clone();
+                tokio::spawn(tcp::serve_connection(
+                    stream,
+                    dial.target,
+                    inbound,
+                    outbound_rx,
+                ));
+                self.place_call(dial, setup, reply);
+            }
+            Err(source) => {
+                discard_setup(*setup);
+                let _ = reply.send(Err(DialError::Connect {
+                    target: dial.target,
+                    source,
+                }));
+            }
+        }
+    }
+
+    /// Binds the call's RTP and sends its INVITE.
+    fn place_call(
+        &mut self,
+        mut dial: uac::Dial,
+        setup: Box<SipCallSetup>,
+        reply: oneshot::Sender<Result<(SipCallId, String), DialError>>,
+    ) {
+        let bound = self.ports.bind_pair().and_then(|sockets| {
+            let port = sockets.0.local_addr()?.port();
+            Ok((sockets, port))
+        });
+        let ((socket, rtcp_socket), port) = match bound {
+            Ok(bound) => bound,
+            Err(error) => {
+                discard_setup(*setup);
+                let _ = reply.send(Err(DialError::NoRtpPort(error)));
+                return;
+            }
+        };
+        dial.local_rtp = SocketAddr::new(self.advertised_ip, port);
+        let now = self.now();
+        let call = self.uac.dial(now, dial);
+        let call_id = self.uac.call_id(call).unwrap_or_default().to_owned();
+        self.pending_out.insert(
+            call,
+            PendingOutbound {
+                setup: *setup,
+                socket,
+                rtcp_socket,
+            },
+        );
+        let _ = reply.send(Ok((call, call_id)));
     }
 
     async fn on_uac_output(&mut self, output: UacOutput) {
