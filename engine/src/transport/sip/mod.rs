@@ -478,7 +478,8 @@ enum Notice {
     Finished { call: SipCallId, hung_up: bool },
     /// The TCP connection an outbound call over TCP waited for.
     Connected {
-        dial: uac::Dial,
+        // Boxed: notices are mostly `Finished`.
+        dial: Box<uac::Dial>,
         setup: Box<SipCallSetup>,
         reply: oneshot::Sender<Result<(SipCallId, String), DialError>>,
         connected: std::io::Result<tokio::net::TcpStream>,
@@ -675,7 +676,7 @@ impl Driver {
                         }
                     }
                     Notice::Connected { dial, setup, reply, connected } => {
-                        self.on_connected(dial, setup, reply, connected);
+                        self.on_connected(*dial, setup, reply, connected);
                     }
                 },
                 Some(command) = self.commands.1.recv() => self.on_command(command),
@@ -949,7 +950,7 @@ impl Driver {
                             ))
                         });
                     let _ = notices.send(Notice::Connected {
-                        dial,
+                        dial: Box::new(dial),
                         setup,
                         reply,
                         connected,
