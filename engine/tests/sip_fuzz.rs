@@ -1030,6 +1030,7 @@ fn the_uac_survives_mutated_answers_and_challenges() {
                     password: "pw".into(),
                 }),
                 ring_timeout: Duration::from_secs(30),
+                tcp: false,
             },
         );
         seen_calls.insert(call);
