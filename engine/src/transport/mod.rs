@@ -14,6 +14,7 @@
 //! calling over WebRTC (Opus both ways).
 
 pub mod media_stream;
+pub mod rtcp;
 pub mod rtp;
 pub mod sip;
 pub mod webrtc;
@@ -194,6 +195,10 @@ enum Command {
         key: CallKey,
         reply: oneshot::Sender<Option<ConversationLink>>,
     },
+    Hold {
+        key: CallKey,
+        held: bool,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -225,6 +230,7 @@ impl std::fmt::Debug for Command {
             Command::Add { .. } => f.write_str("Add"),
             Command::Packet { key, .. } => write!(f, "Packet({key:?})"),
             Command::Remove { key, .. } => write!(f, "Remove({key:?})"),
+            Command::Hold { key, held } => write!(f, "Hold({key:?}, {held})"),
         }
     }
 }
@@ -268,6 +274,14 @@ impl WorkerHandle {
             .await
             .map_err(|_| HostError::WorkerGone)?;
         answer.await.map_err(|_| HostError::WorkerGone)
+    }
+
+    /// Tells the call's turn machine the peer held (`true`) or resumed it.
+    pub async fn set_held(&self, key: CallKey, held: bool) -> Result<(), HostError> {
+        self.commands
+            .send(Command::Hold { key, held })
+            .await
+            .map_err(|_| HostError::WorkerGone)
     }
 
     /// Calls on the worker now.
@@ -393,6 +407,10 @@ async fn run_worker(
                         let link = worker.remove_call(key).ok().flatten();
                         counters.live_calls.store(worker.len(), Ordering::Relaxed);
                         let _ = reply.send(link);
+                    }
+                    Command::Hold { key, held } => {
+                        // A hold racing its call's removal changes nothing.
+                        let _ = worker.set_held(now, key, held);
                     }
                 }
             }
