@@ -332,7 +332,13 @@ async fn a_dropped_socket_reconnects_once_with_the_buffered_audio_then_fails() {
             text: "for two tonight.".into()
         })
     );
-    // The second drop is final: the events end and the outcome says why.
+    // The second drop is final: the call hears of it, the events end and
+    // the outcome says why.
+    let failed = next(&mut session).await;
+    assert!(
+        matches!(&failed, Some(AsrEvent::Failed { error }) if error.contains("giving up")),
+        "{failed:?}"
+    );
     assert_eq!(next(&mut session).await, None);
     let Err(ProviderError::Unavailable(reason)) = tokio::time::timeout(WAIT, outcome.wait())
         .await
@@ -386,6 +392,11 @@ async fn a_refused_key_ends_the_session_with_the_servers_reason() {
     };
     assert!(reason.contains("HTTP 401"), "{reason}");
     assert!(reason.contains("Invalid credentials."), "{reason}");
+    let failed = next(&mut session).await;
+    assert!(
+        matches!(&failed, Some(AsrEvent::Failed { error }) if error.contains("HTTP 401")),
+        "{failed:?}"
+    );
     assert_eq!(next(&mut session).await, None);
     assert!(server.await.expect("server"), "no second attempt");
 }
