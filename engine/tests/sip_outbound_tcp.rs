@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::sipp::{fixtures, free_port};
+
 use common::scripted_call::{pcmu_media, scripted_conversation};
 
 use std::net::UdpSocket as StdUdpSocket;
@@ -21,20 +23,6 @@ use callingbox_engine::transport::sip::{
 use callingbox_engine::transport::spawn_worker;
 use callingbox_engine::vad::VadBatch;
 use tokio::sync::mpsc;
-
-fn fixtures(dir: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("fixtures")
-        .join(dir)
-}
-
-fn free_port() -> u16 {
-    StdUdpSocket::bind("127.0.0.1:0")
-        .and_then(|socket| socket.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outbound_call_over_tcp_is_answered_and_hung_up_on_its_connection() {

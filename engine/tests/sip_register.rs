@@ -7,7 +7,11 @@
 //! Wall-clock time: SIPp is a real process (backoff, 423 and timeouts are
 //! tested on virtual time in `transport::sip::register`).
 
-use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+mod common;
+
+use common::sipp::{fixtures, free_port};
+
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
@@ -19,18 +23,6 @@ use callingbox_engine::transport::sip::{
 use callingbox_engine::transport::spawn_worker;
 use callingbox_engine::vad::VadBatch;
 use tokio_util::sync::CancellationToken;
-
-fn fixtures(dir: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("fixtures")
-        .join(dir)
-}
-
-fn free_port() -> u16 {
-    let socket = StdUdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("addr").port()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_with_digest_refreshes_and_unregisters_at_a_sipp_registrar() {

@@ -12,10 +12,12 @@
 
 mod common;
 
+use common::sipp::{describe, fixtures, free_port};
+
 use common::scripted_call::{pcmu_media, scripted_conversation};
 
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,32 +37,6 @@ const REPLY: &str = "Sure, I can book that for you. Let me check what we have fo
     we have a table at seven by the window, and another one at seven thirty near the bar.";
 /// The engine's only RTP port (so the test knows where to stream).
 const ENGINE_RTP: u16 = 42_900;
-
-fn fixtures(dir: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("fixtures")
-        .join(dir)
-}
-
-fn free_port() -> u16 {
-    let socket = StdUdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("addr").port()
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .join("\n"),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 /// The mu-law samples of a WAV file's `data` chunk.
 fn wav_data(path: &std::path::Path) -> Vec<u8> {

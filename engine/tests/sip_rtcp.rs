@@ -13,10 +13,12 @@
 
 mod common;
 
+use common::sipp::{describe, fixtures, free_port};
+
 use common::scripted_call::{pcmu_media, scripted_conversation};
 
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -44,32 +46,6 @@ const PEER_JITTER: u32 = 16;
 
 fn installed(program: &str, version_flag: &str) -> bool {
     Command::new(program).arg(version_flag).output().is_ok()
-}
-
-fn fixtures(dir: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("fixtures")
-        .join(dir)
-}
-
-fn free_port() -> u16 {
-    let socket = StdUdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("addr").port()
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .rev()
-            .take(30)
-            .collect::<Vec<_>>()
-            .join("\n"),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// A receiver report from the test peer about `ssrc`: LSR from `sr_ntp`,

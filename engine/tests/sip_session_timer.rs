@@ -10,9 +10,10 @@
 
 mod common;
 
+use common::sipp::{describe, fixtures, free_port};
+
 use common::scripted_call::{pcmu_media, scripted_conversation};
 
-use std::net::UdpSocket as StdUdpSocket;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -25,32 +26,6 @@ use callingbox_engine::transport::spawn_worker;
 use callingbox_engine::vad::VadBatch;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-
-fn fixtures(dir: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("fixtures")
-        .join(dir)
-}
-
-fn free_port() -> u16 {
-    let socket = StdUdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("addr").port()
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .join("\n"),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 /// Runs `scenario` against an engine with a 2 s Min-SE; returns SIPp's
 /// output, how long the call lasted from the answer, and why it ended.

@@ -8,9 +8,10 @@
 
 mod common;
 
+use common::sipp::{describe, fixtures, free_port};
+
 use common::scripted_call::{pcmu_media, scripted_conversation};
 
-use std::net::UdpSocket as StdUdpSocket;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -26,32 +27,6 @@ use tokio::sync::mpsc;
 
 const BOOK_TABLE: &str =
     "I'd like to book a table for four people tomorrow at seven in the evening.";
-
-fn fixtures(dir: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("fixtures")
-        .join(dir)
-}
-
-fn free_port() -> u16 {
-    let socket = StdUdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("addr").port()
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .join("\n"),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 /// Runs SIPp over TCP with `scenario`; returns its output, the events.
 async fn call_over_tcp(

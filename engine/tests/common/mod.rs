@@ -5,3 +5,4 @@
 pub mod mock_http;
 pub mod mock_vendor;
 pub mod scripted_call;
+pub mod sipp;
