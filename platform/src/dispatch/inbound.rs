@@ -112,6 +112,42 @@ impl LineStarter {
     }
 }
 
+/// An inbound call from `caller` to `to`, queued, before its agent or
+/// inbound configuration fills in how it is answered.
+pub(super) fn new_inbound_call(
+    id: String,
+    org_id: String,
+    to: &str,
+    caller: &str,
+    hold_milli_cents: i64,
+    node_id: &str,
+) -> NewCall {
+    NewCall {
+        id,
+        org_id,
+        agent_id: None,
+        direction: "inbound".into(),
+        status: status::QUEUED.into(),
+        to_number: to.to_owned(),
+        from_number: caller.to_owned(),
+        persona: None,
+        instructions: None,
+        prompt: String::new(),
+        context: Map::new(),
+        returns: Value::Object(Map::new()),
+        language: "en".into(),
+        voice: crate::api::agents::DEFAULT_VOICE.into(),
+        tools: Value::Array(Vec::new()),
+        voicemail_action: "hangup".into(),
+        webhook_url: None,
+        metadata: Map::new(),
+        hold_milli_cents,
+        idempotency_key: None,
+        request_fingerprint: None,
+        node_id: Some(node_id.to_owned()),
+    }
+}
+
 /// Fills `new` from the agent that answers it.
 pub(super) fn apply_agent(new: &mut NewCall, agent: &agents::Agent) {
     new.agent_id = Some(agent.id.clone());
@@ -199,30 +235,14 @@ impl InboundRouter {
             None => None,
         };
         let id = new_id();
-        let mut new = NewCall {
-            id: id.clone(),
-            org_id: org_id.clone(),
-            agent_id: None,
-            direction: "inbound".into(),
-            status: status::QUEUED.into(),
-            to_number: dialled.to_owned(),
-            from_number: caller.to_owned(),
-            persona: None,
-            instructions: None,
-            prompt: String::new(),
-            context: Map::new(),
-            returns: Value::Object(Map::new()),
-            language: "en".into(),
-            voice: crate::api::agents::DEFAULT_VOICE.into(),
-            tools: Value::Array(Vec::new()),
-            voicemail_action: "hangup".into(),
-            webhook_url: None,
-            metadata: Map::new(),
-            hold_milli_cents: pricing.call_hold(),
-            idempotency_key: None,
-            request_fingerprint: None,
-            node_id: Some(self.node_id.clone()),
-        };
+        let mut new = new_inbound_call(
+            id.clone(),
+            org_id.clone(),
+            dialled,
+            caller,
+            pricing.call_hold(),
+            &self.node_id,
+        );
         match agent {
             Some(agent) if agent.archived_at.is_none() => apply_agent(&mut new, &agent),
             _ if number.inbound_enabled => {

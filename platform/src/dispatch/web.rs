@@ -23,8 +23,8 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::inbound::{InboundRouter, LineStarter, apply_agent};
-use crate::store::calls::{self, Call, NewCall, status};
+use super::inbound::{InboundRouter, LineStarter, apply_agent, new_inbound_call};
+use crate::store::calls::{self, Call};
 use crate::store::{StoreError, agents, keys, ledger, new_id};
 
 /// The parameter naming the agent that answers.
@@ -111,30 +111,15 @@ impl WebCallRouter {
                 .unwrap_or_else(|| default.to_owned())
         };
         let id = new_id();
-        let mut new = NewCall {
-            id: id.clone(),
-            org_id: key.org_id.clone(),
-            agent_id: None,
-            direction: "inbound".into(),
-            status: status::QUEUED.into(),
-            to_number: party("to", ""),
-            from_number: party("from", "anonymous"),
-            persona: None,
-            instructions: None,
-            prompt: String::new(),
-            context: Map::new(),
-            returns: Value::Object(Map::new()),
-            language: "en".into(),
-            voice: crate::api::agents::DEFAULT_VOICE.into(),
-            tools: Value::Array(Vec::new()),
-            voicemail_action: "hangup".into(),
-            webhook_url: None,
-            metadata,
-            hold_milli_cents: pricing.call_hold(),
-            idempotency_key: None,
-            request_fingerprint: None,
-            node_id: Some(self.node_id.clone()),
-        };
+        let mut new = new_inbound_call(
+            id.clone(),
+            key.org_id.clone(),
+            &party("to", ""),
+            &party("from", "anonymous"),
+            pricing.call_hold(),
+            &self.node_id,
+        );
+        new.metadata = metadata;
         apply_agent(&mut new, &agent);
         if !ledger::try_hold(&mut tx, &key.org_id, &id, new.hold_milli_cents, now)
             .await
