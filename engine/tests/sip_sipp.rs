@@ -16,6 +16,9 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use callingbox_engine::codecs::G711Law;
+use callingbox_engine::events::{CallEvent, Role, SegmentSource};
+use callingbox_engine::providers::ChatMessage;
+use callingbox_engine::providers::scripted::ScriptedLlm;
 use callingbox_engine::session::{MediaEvent, MediaWorker};
 use callingbox_engine::transport::sip::{
     IncomingCall, SipCallRefused, SipCallSetup, SipConfig, SipEnd, SipEvent, SipServer,
@@ -55,17 +58,21 @@ struct Engine {
     worker: WorkerHandle,
     events: mpsc::UnboundedReceiver<SipEvent>,
     tapped: mpsc::Receiver<WirePacket>,
+    /// Each call's agent: its event stream and its model's log.
+    agents: mpsc::UnboundedReceiver<(mpsc::UnboundedReceiver<CallEvent>, ScriptedLlm)>,
 }
 
 async fn start_engine(rtp_ports: std::ops::RangeInclusive<u16>, answer_after: Duration) -> Engine {
     let (events_tx, events) = mpsc::unbounded_channel();
     let (tap_tx, tapped) = mpsc::channel(4_096);
+    let (agents_tx, agents) = mpsc::unbounded_channel();
     let factory = move |_call: &IncomingCall| {
         let conversation =
             scripted_conversation(&[BOOK_TABLE], &[REPLY]).map_err(|error| SipCallRefused {
                 status: 503,
                 reason: error.to_string(),
             })?;
+        let _ = agents_tx.send((conversation.events, conversation.llm));
         Ok(SipCallSetup {
             media: pcmu_media(),
             link: Some(conversation.link),
@@ -90,6 +97,7 @@ async fn start_engine(rtp_ports: std::ops::RangeInclusive<u16>, answer_after: Du
         worker,
         events,
         tapped,
+        agents,
     }
 }
 
@@ -277,6 +285,36 @@ async fn sipp_key_presses_become_one_digit_each() {
     // Each pcap holds a whole event: start, updates, three end packets.
     assert!(rtp.event_packets >= 6, "{rtp:?}");
     assert_eq!(rtp.digits, 2, "{rtp:?}");
+
+    // The agent saw the keys as one entry (# ends it), on its transcript
+    // and in the model's context.
+    let (mut call_events, llm) = engine.agents.recv().await.expect("the call's agent");
+    let mut keypad_turns = Vec::new();
+    while let Ok(event) = call_events.try_recv() {
+        if let CallEvent::TranscriptSegment {
+            role: Role::User,
+            text,
+            source: SegmentSource::Dtmf,
+            ..
+        } = event
+        {
+            keypad_turns.push(text);
+        }
+    }
+    assert_eq!(keypad_turns, vec!["[pressed 4#]".to_owned()]);
+    let asked: Vec<String> = llm
+        .records()
+        .iter()
+        .filter_map(|record| match record.request.messages.last() {
+            Some(ChatMessage::User { content }) => Some(content.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        asked,
+        vec!["[pressed 4#]".to_owned()],
+        "the model was asked"
+    );
 }
 
 /// Sends `bytes` and returns the status line of each reply within `wait`.

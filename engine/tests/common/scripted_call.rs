@@ -10,6 +10,7 @@ use callingbox_engine::audio::{InboundCodec, OutboundConfig};
 use callingbox_engine::clock::Instant;
 use callingbox_engine::codecs::{G711Law, SampleRate};
 use callingbox_engine::conversation::{AgentConfig, AgentLoop, Providers};
+use callingbox_engine::events::CallEvent;
 use callingbox_engine::providers::scripted::{
     LlmLatency, ScriptMatch, ScriptRule, ScriptedAsr, ScriptedLlm, ScriptedTts, TtsLatency,
 };
@@ -28,6 +29,10 @@ pub struct ScriptedConversation {
     pub epoch: std::time::Instant,
     /// Ends the recognizer.
     pub cancel: CancellationToken,
+    /// The call's event stream (transcript, tools, end).
+    pub events: mpsc::UnboundedReceiver<CallEvent>,
+    /// The model (a clone sharing its log: what it was asked).
+    pub llm: ScriptedLlm,
 }
 
 /// Starts an agent loop that replies `agent_replies[n]` to turn `n` (then
@@ -61,10 +66,10 @@ pub fn scripted_conversation<S: AsRef<str>>(
     );
     let (audio_tx, agent_audio) = mpsc::channel(64);
     let providers = Providers {
-        llm: Arc::new(llm),
+        llm: Arc::new(llm.clone()),
         tts: Arc::new(tts),
     };
-    let (agent, _call_events) = AgentLoop::spawn(AgentConfig::default(), providers, audio_tx);
+    let (agent, events) = AgentLoop::spawn(AgentConfig::default(), providers, audio_tx);
     let cancel = CancellationToken::new();
     let asr = ScriptedAsr::new(
         user_says.iter().map(|s| s.as_ref().to_owned()).collect(),
@@ -81,6 +86,8 @@ pub fn scripted_conversation<S: AsRef<str>>(
         },
         epoch,
         cancel,
+        events,
+        llm,
     })
 }
 

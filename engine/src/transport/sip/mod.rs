@@ -569,6 +569,8 @@ impl Driver {
                 return;
             }
         };
+        // Keys reach the agent as they arrive, beside the media (RFC 4733).
+        let keypad = link.as_ref().map(|link| link.agent.keypad());
         let spec = CallSpec {
             config,
             link,
@@ -620,7 +622,12 @@ impl Driver {
             let mut on_event = |event: RtpEvent| {
                 let event = match event {
                     RtpEvent::Media(event) => SipEvent::Media(event),
-                    RtpEvent::Digit(digit) => SipEvent::Dtmf { digit },
+                    RtpEvent::Digit(digit) => {
+                        if let Some(keypad) = &keypad {
+                            keypad.press(digit);
+                        }
+                        SipEvent::Dtmf { digit }
+                    }
                 };
                 if let Some(events) = &events {
                     let _ = events.send(event);
