@@ -15,7 +15,8 @@ use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use callingbox_engine::codecs::G711Law;
+use callingbox_engine::audio::dtmf::synthesize_key;
+use callingbox_engine::codecs::{G711Law, SampleRate, WavEncoding, write_wav};
 use callingbox_engine::events::{CallEvent, Role, SegmentSource};
 use callingbox_engine::providers::ChatMessage;
 use callingbox_engine::providers::scripted::ScriptedLlm;
@@ -103,13 +104,18 @@ async fn start_engine(rtp_ports: std::ops::RangeInclusive<u16>, answer_after: Du
 
 /// Runs SIPp as a UAC with `scenario` against the engine; returns its output.
 async fn run_sipp(engine: &Engine, scenario: &str) -> Output {
+    run_sipp_in(engine, scenario, fixtures("audio")).await
+}
+
+/// As [`run_sipp`], with `rtp_stream` paths relative to `media_dir`.
+async fn run_sipp_in(engine: &Engine, scenario: &str, media_dir: std::path::PathBuf) -> Output {
     let scenario = fixtures("sip").join(scenario);
     let target = engine.sip.to_string();
     let (sip_port, media_port) = (free_port(), free_port());
     tokio::task::spawn_blocking(move || {
         Command::new("sipp")
             // rtp_stream paths are relative to the working directory.
-            .current_dir(fixtures("audio"))
+            .current_dir(media_dir)
             .arg(target)
             .arg("-sf")
             .arg(scenario)
@@ -314,6 +320,69 @@ async fn sipp_key_presses_become_one_digit_each() {
         asked,
         vec!["[pressed 4#]".to_owned()],
         "the model was asked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_in_band_tones_without_telephone_event_become_keys() {
+    if !sipp_installed() {
+        skip("sipp_in_band_tones_without_telephone_event_become_keys");
+        return;
+    }
+    // Keys 7, 3, # as tones (-10 dBFS per tone, 100 ms on, 150 ms off),
+    // mu-law, as a phone without RFC 4733 sends them.
+    let dir = std::env::temp_dir().join(format!("callingbox-inband-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut tones = vec![0i16; 4_000];
+    for key in "73#".chars() {
+        synthesize_key(&mut tones, SampleRate::Hz8000, key, 100, 0.3, (1.0, 1.0));
+        synthesize_key(&mut tones, SampleRate::Hz8000, ' ', 150, 0.0, (1.0, 1.0));
+    }
+    write_wav(
+        dir.join("inband_dtmf_keys.8k.ulaw.wav"),
+        SampleRate::Hz8000,
+        &tones,
+        WavEncoding::MuLaw,
+    )
+    .expect("write tones");
+
+    let mut engine = start_engine(42_400..=42_498, Duration::ZERO).await;
+    let output = run_sipp_in(&engine, "uac_inband_dtmf.xml", dir.clone()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let events = events_until_ended(&mut engine.events, Duration::from_secs(5)).await;
+    let digits: String = events
+        .iter()
+        .filter_map(|event| match event {
+            SipEvent::Dtmf { digit } => Some(*digit),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(digits, "73#", "{events:?}");
+    let Some(SipEvent::Ended { rtp, .. }) = events.last() else {
+        panic!("the call did not end: {events:?}");
+    };
+    assert_eq!(rtp.event_packets, 0, "no RFC 4733 events: {rtp:?}");
+    let (mut call_events, llm) = engine.agents.recv().await.expect("the call's agent");
+    let mut keypad_turns = Vec::new();
+    while let Ok(event) = call_events.try_recv() {
+        if let CallEvent::TranscriptSegment {
+            role: Role::User,
+            text,
+            source: SegmentSource::Dtmf,
+            ..
+        } = event
+        {
+            keypad_turns.push(text);
+        }
+    }
+    assert_eq!(keypad_turns, vec!["[pressed 73#]".to_owned()]);
+    assert!(
+        llm.records().iter().any(|record| matches!(
+            record.request.messages.last(),
+            Some(ChatMessage::User { content }) if content == "[pressed 73#]"
+        )),
+        "the model was not asked about the keys"
     );
 }
 

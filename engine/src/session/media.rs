@@ -16,6 +16,7 @@ use std::time::Duration;
 use callingbox_codecs::{FrameDuration, PcmFrame, SampleRate};
 use thiserror::Error;
 
+use crate::audio::dtmf::{DtmfDetector, DtmfDetectorConfig};
 use crate::audio::{
     InboundAudio, InboundCodec, InboundError, OutboundAudio, OutboundConfig, OutboundError,
     OutboundPacket, PushOutcome,
@@ -45,6 +46,9 @@ pub struct CallMediaConfig {
     pub gate: VadGateConfig,
     /// The turn machine's thresholds.
     pub turns: TurnConfig,
+    /// Listen for DTMF tones in the caller's audio (the SIP transport turns
+    /// this on for calls that negotiated no RFC 4733 telephone-event).
+    pub inband_dtmf: bool,
 }
 
 /// A call's media that cannot be set up.
@@ -113,6 +117,11 @@ pub enum MediaEvent {
         /// Frames thrown away.
         flushed_frames: usize,
     },
+    /// The caller pressed a key, heard as in-band DTMF tones.
+    KeyPressed {
+        /// `0`-`9`, `*`, `#`, `A`-`D`.
+        key: char,
+    },
     /// The interruption was noise: resume the agent.
     ResumeAgent,
     /// The user has been silent a while: check on them.
@@ -153,6 +162,7 @@ pub struct CallMedia {
     last_agent_packet: Option<Instant>,
     events: Vec<MediaEvent>,
     late_windows: u64,
+    dtmf: Option<DtmfDetector>,
 }
 
 impl CallMedia {
@@ -172,6 +182,9 @@ impl CallMedia {
             last_agent_packet: None,
             events: Vec::with_capacity(16),
             late_windows: 0,
+            dtmf: config
+                .inband_dtmf
+                .then(|| DtmfDetector::new(SampleRate::Hz16000, DtmfDetectorConfig::default())),
         })
     }
 
@@ -193,6 +206,13 @@ impl CallMedia {
     /// this frame completed one.
     pub fn pull_audio(&mut self, now: Instant) -> (&PcmFrame, Option<(&[i16], Instant)>) {
         self.inbound.next_frame(now, &mut self.frame);
+        if let Some(key) = self
+            .dtmf
+            .as_mut()
+            .and_then(|dtmf| dtmf.push(self.frame.samples()))
+        {
+            self.events.push(MediaEvent::KeyPressed { key });
+        }
         for &sample in self.frame.samples() {
             self.history[self.history_next] = sample;
             self.history_next = (self.history_next + 1) % TURN_AUDIO_MAX;

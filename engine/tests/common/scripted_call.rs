@@ -102,5 +102,6 @@ pub fn pcmu_media() -> CallMediaConfig {
             use_end_of_turn_model: false,
             ..TurnConfig::default()
         },
+        inband_dtmf: false,
     }
 }

@@ -53,6 +53,8 @@ pub fn call_media(end_of_turn_model: bool) -> CallMediaConfig {
             use_end_of_turn_model: end_of_turn_model,
             ..TurnConfig::default()
         },
+        // The SIP layer turns it on when no telephone-event was negotiated.
+        inband_dtmf: false,
     }
 }
 

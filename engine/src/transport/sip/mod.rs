@@ -553,13 +553,15 @@ impl Driver {
         media: sdp::Negotiated,
     ) {
         let SipCallSetup {
-            media: config,
+            media: mut config,
             link,
             epoch,
             events,
             cancel,
             tap,
         } = setup;
+        // No RFC 4733 events negotiated: keys can only come as tones.
+        config.inband_dtmf = media.telephone_event.is_none();
         let socket = match UdpSocket::from_std(socket) {
             Ok(socket) => socket,
             Err(_) => {
@@ -621,6 +623,10 @@ impl Driver {
         tokio::spawn(async move {
             let mut on_event = |event: RtpEvent| {
                 let event = match event {
+                    // In-band tones: the worker already gave the key to the agent.
+                    RtpEvent::Media(MediaEvent::KeyPressed { key }) => {
+                        SipEvent::Dtmf { digit: key }
+                    }
                     RtpEvent::Media(event) => SipEvent::Media(event),
                     RtpEvent::Digit(digit) => {
                         if let Some(keypad) = &keypad {
