@@ -15,6 +15,7 @@
 
 pub mod media_stream;
 pub mod rtp;
+pub mod rtp_events;
 pub mod sip;
 pub mod webrtc;
 
