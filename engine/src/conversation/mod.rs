@@ -11,6 +11,7 @@
 //! of [`OutboundFrame`]s that the transport drains at real-time pace; on an
 //! interruption the transport flushes what it still holds of that reply.
 
+pub mod call_control;
 pub mod clauses;
 pub mod keypad;
 pub mod played;
@@ -233,6 +234,14 @@ impl AgentHandle {
         AgentKeypad {
             commands: self.commands.clone(),
         }
+    }
+
+    /// The transport's end of the call-control seam (see [`call_control`]):
+    /// from now on the agent's `send_dtmf` asks the returned receiver.
+    pub fn attach_call_control(&self) -> call_control::CallControlRequests {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.shared).call_control = Some(tx);
+        rx
     }
 
     /// The caller pressed `key` now (as [`AgentKeypad::press`]).

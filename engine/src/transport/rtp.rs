@@ -22,8 +22,10 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::rtp_events::{EventPlayout, EventTiming};
 use super::{CallOutput, WirePacket, WorkerHandle};
 use crate::clock::Instant;
+use crate::conversation::call_control::{CallControl, CallControlRequests};
 use crate::session::{CallKey, MediaEvent};
 
 /// Bytes of a fixed RTP header.
@@ -152,6 +154,48 @@ impl RtpSender {
     /// Packets written.
     pub fn packets(&self) -> u64 {
         self.packets
+    }
+
+    /// The media timestamp the clock is at by `now` (rounded to a frame,
+    /// never behind the packets already sent): where an RFC 4733 event
+    /// starting now begins.
+    pub fn clock_timestamp(&mut self, now: Instant) -> u32 {
+        let started = *self.started.get_or_insert(now);
+        let frames = (now.saturating_since(started).as_micros() + 10_000) / 20_000;
+        let by_clock = self
+            .first_timestamp
+            .wrapping_add((frames as u32).wrapping_mul(SAMPLES_PER_PACKET));
+        match self.last_timestamp {
+            Some(last) if by_clock.wrapping_sub(last) >= u32::MAX / 2 => last,
+            _ => by_clock,
+        }
+    }
+
+    /// Writes a telephone-event packet (RFC 4733): payload type
+    /// `payload_type`, the event's own `timestamp` (its start), into `out`;
+    /// returns its length, or `None` if `out` is too small. The audio after
+    /// it must start a new talkspurt (marker), so its timestamp follows the clock.
+    pub fn write_event(
+        &mut self,
+        payload_type: u8,
+        marker: bool,
+        timestamp: u32,
+        payload: &[u8; 4],
+        out: &mut [u8],
+    ) -> Option<usize> {
+        let length = RTP_HEADER_LEN + payload.len();
+        if out.len() < length {
+            return None;
+        }
+        out[0] = 0x80;
+        out[1] = (u8::from(marker) << 7) | (payload_type & 0x7F);
+        out[2..4].copy_from_slice(&self.sequence.to_be_bytes());
+        out[4..8].copy_from_slice(&timestamp.to_be_bytes());
+        out[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
+        out[RTP_HEADER_LEN..length].copy_from_slice(payload);
+        self.sequence = self.sequence.wrapping_add(1);
+        self.packets += 1;
+        Some(length)
     }
 
     /// Writes the packet for `payload` sent at `now` into `out`; returns its
@@ -441,6 +485,10 @@ pub struct RtpCall {
     /// A copy of each agent packet sent (call recording, tests); a full
     /// channel drops copies, never delays the call.
     pub tap: Option<mpsc::Sender<WirePacket>>,
+    /// The agent's call-control requests (`send_dtmf`), if it has any.
+    pub control: Option<CallControlRequests>,
+    /// The negotiated telephone-event payload type (none: digits cannot be sent).
+    pub event_payload_type: Option<u8>,
 }
 
 /// Drives one call's RTP until `stop` is cancelled, the worker hangs up,
@@ -456,16 +504,49 @@ pub async fn run_rtp(
 ) -> (RtpEnd, RtpStats) {
     let mut inbound = vec![0u8; DATAGRAM_MAX];
     let mut outbound = vec![0u8; RTP_HEADER_LEN + super::PACKET_MAX];
+    let mut digits = DigitsOut::new();
+    let mut control = call.control.take();
     let end = loop {
         tokio::select! {
             biased;
             () = stop.cancelled() => break RtpEnd::Stopped,
+            request = next_request(&mut control) => match request {
+                Some(request) => digits.request(request, call.event_payload_type),
+                None => control = None,
+            },
+            _ = digits.ticker.tick(), if digits.playout.is_active() => {
+                let now = Instant::from_std(epoch, tokio::time::Instant::now().into_std());
+                let timestamp = call.sender.clock_timestamp(now);
+                if let (Some(event), Some(payload_type)) =
+                    (digits.playout.tick(timestamp), call.event_payload_type)
+                    && let Some(length) = call.sender.write_event(
+                        payload_type,
+                        event.marker,
+                        event.timestamp,
+                        &event.payload,
+                        &mut outbound,
+                    )
+                {
+                    let to = call.receiver.peer().unwrap_or(call.remote);
+                    let sent = call.socket.send_to(&outbound[..length], to).await.is_ok();
+                    call.receiver.count_sent(sent);
+                }
+                if !digits.playout.is_active() {
+                    digits.finished();
+                }
+            }
             output = call.outputs.recv() => match output {
                 None => break RtpEnd::WorkerGone,
                 Some(CallOutput::Packet(packet)) => {
+                    // Digits are not mixed with speech: the agent's audio
+                    // waits out the digits (dropped, as a paused talkspurt).
+                    if digits.playout.is_active() {
+                        continue;
+                    }
+                    let marker = packet.marker || std::mem::take(&mut digits.resume_with_marker);
                     let now = Instant::from_std(epoch, tokio::time::Instant::now().into_std());
                     let Some(length) =
-                        call.sender.write(now, packet.marker, packet.payload(), &mut outbound)
+                        call.sender.write(now, marker, packet.payload(), &mut outbound)
                     else {
                         call.receiver.count_sent(false);
                         continue;
@@ -508,6 +589,67 @@ pub async fn run_rtp(
         }
     };
     (end, call.receiver.stats())
+}
+
+/// The agent's digits on one call: the RFC 4733 playout, its 20 ms pace,
+/// and the requests to answer when it is done.
+struct DigitsOut {
+    playout: EventPlayout,
+    ticker: tokio::time::Interval,
+    waiting: Vec<(CallControl, String)>,
+    resume_with_marker: bool,
+}
+
+impl DigitsOut {
+    fn new() -> Self {
+        let mut ticker = tokio::time::interval(std::time::Duration::from_millis(20));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        DigitsOut {
+            playout: EventPlayout::new(EventTiming::default()),
+            ticker,
+            waiting: Vec::new(),
+            resume_with_marker: false,
+        }
+    }
+
+    fn request(&mut self, request: CallControl, event_payload_type: Option<u8>) {
+        match request {
+            CallControl::SendDigits {
+                ref digits,
+                ref text,
+                ..
+            } => {
+                if event_payload_type.is_none() {
+                    request.answer(Err(
+                        "the call negotiated no telephone-event (RFC 4733): digits cannot be sent"
+                            .into(),
+                    ));
+                    return;
+                }
+                if !self.playout.is_active() {
+                    self.ticker.reset_immediately();
+                }
+                self.playout.queue(digits);
+                let text = text.clone();
+                self.waiting.push((request, text));
+            }
+        }
+    }
+
+    fn finished(&mut self) {
+        self.resume_with_marker = true;
+        for (request, text) in self.waiting.drain(..) {
+            request.answer(Ok(serde_json::json!({ "sent": text })));
+        }
+    }
+}
+
+/// The next call-control request (pending forever without a channel).
+async fn next_request(control: &mut Option<CallControlRequests>) -> Option<CallControl> {
+    match control {
+        Some(control) => control.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]

@@ -81,6 +81,20 @@ pub struct EventTiming {
     pub volume: u8,
 }
 
+impl EventTiming {
+    /// How long `steps` take to play at 8 kHz (keys with their gaps, pauses).
+    pub fn duration_of(&self, steps: &[DigitStep]) -> std::time::Duration {
+        let units: u64 = steps
+            .iter()
+            .map(|step| match step {
+                DigitStep::Key(_) => u64::from(self.tone + self.gap),
+                DigitStep::Pause => u64::from(self.pause),
+            })
+            .sum();
+        std::time::Duration::from_millis(units / 8)
+    }
+}
+
 impl Default for EventTiming {
     fn default() -> Self {
         EventTiming {
@@ -285,6 +299,11 @@ mod tests {
         assert_eq!(parse_digits(""), Err(DigitsError::Empty));
         assert_eq!(parse_digits("ww"), Err(DigitsError::Empty));
         assert_eq!(parse_digits(&"1".repeat(65)), Err(DigitsError::TooLong));
+        let steps = parse_digits("12w").expect("digits");
+        assert_eq!(
+            EventTiming::default().duration_of(&steps),
+            std::time::Duration::from_millis(900)
+        );
     }
 
     #[test]

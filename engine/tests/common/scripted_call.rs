@@ -16,6 +16,7 @@ use callingbox_engine::providers::scripted::{
 };
 use callingbox_engine::providers::{AsrProvider, ProviderError};
 use callingbox_engine::session::{CallMediaConfig, ConversationLink};
+use callingbox_engine::tools::ToolSet;
 use callingbox_engine::turns::TurnConfig;
 use callingbox_engine::vad::VadGateConfig;
 use tokio::sync::mpsc;
@@ -49,6 +50,15 @@ pub fn scripted_conversation<S: AsRef<str>>(
         .map(|(turn, reply)| ScriptRule::when(ScriptMatch::Turn(turn)).reply(reply.as_ref()))
         .collect();
     rules.push(ScriptRule::when(ScriptMatch::Always).reply("Okay."));
+    scripted_conversation_with(user_says, rules, ToolSet::default())
+}
+
+/// As [`scripted_conversation`], with the LLM's rules and the agent's tools given.
+pub fn scripted_conversation_with<S: AsRef<str>>(
+    user_says: &[S],
+    rules: Vec<ScriptRule>,
+    tools: ToolSet,
+) -> Result<ScriptedConversation, ProviderError> {
     let llm = ScriptedLlm::new(
         rules,
         LlmLatency {
@@ -69,7 +79,11 @@ pub fn scripted_conversation<S: AsRef<str>>(
         llm: Arc::new(llm.clone()),
         tts: Arc::new(tts),
     };
-    let (agent, events) = AgentLoop::spawn(AgentConfig::default(), providers, audio_tx);
+    let config = AgentConfig {
+        tools,
+        ..AgentConfig::default()
+    };
+    let (agent, events) = AgentLoop::spawn(config, providers, audio_tx);
     let cancel = CancellationToken::new();
     let asr = ScriptedAsr::new(
         user_says.iter().map(|s| s.as_ref().to_owned()).collect(),

@@ -573,6 +573,7 @@ impl Driver {
         };
         // Keys reach the agent as they arrive, beside the media (RFC 4733).
         let keypad = link.as_ref().map(|link| link.agent.keypad());
+        let control = link.as_ref().map(|link| link.agent.attach_call_control());
         let spec = CallSpec {
             config,
             link,
@@ -608,6 +609,8 @@ impl Driver {
             ),
             receiver: RtpReceiver::new(media.codec.payload_type, media.telephone_event),
             tap,
+            control,
+            event_payload_type: media.telephone_event,
         };
         let stop = CancellationToken::new();
         let (reason_tx, reason_rx) = oneshot::channel();
