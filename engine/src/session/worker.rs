@@ -407,6 +407,7 @@ fn act_on(link: &ConversationLink, event: &MediaEvent) {
         }
         MediaEvent::ResumeAgent => link.agent.resume(),
         MediaEvent::IdlePrompt => link.agent.say(IDLE_PROMPT),
+        MediaEvent::LeaveVoicemail { text, .. } => link.agent.say(text),
         _ => {}
     }
 }

@@ -53,6 +53,7 @@ pub fn call_media(end_of_turn_model: bool) -> CallMediaConfig {
             use_end_of_turn_model: end_of_turn_model,
             ..TurnConfig::default()
         },
+        answering_machine: None,
     }
 }
 

@@ -537,10 +537,12 @@ impl Driver {
             return;
         };
         let PendingCall {
-            setup,
+            mut setup,
             socket,
             media,
         } = pending;
+        // Answering-machine detection is for the calls we place.
+        setup.media.answering_machine = None;
         self.start_media(call, setup, socket, media).await;
     }
 
