@@ -6,12 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use callingbox_engine::amd::{AnsweredBy, AnsweringMachineConfig, MachineAction};
 use callingbox_engine::audio::{InboundCodec, OutboundConfig};
 use callingbox_engine::codecs::{G711Law, SampleRate};
 use callingbox_engine::conversation::{AgentLoop, Providers};
 use callingbox_engine::events::CallEvent;
 use callingbox_engine::providers::{AsrProvider, LlmProvider, TtsProvider};
-use callingbox_engine::session::{CallMediaConfig, ConversationLink};
+use callingbox_engine::session::{CallMediaConfig, ConversationLink, MediaEvent};
 use callingbox_engine::transport::sip::{
     OutboundCall, Route, SipCallSetup, SipDialer, SipEnd, SipEvent, call_outcome,
 };
@@ -159,8 +160,10 @@ impl Telephony for EngineTelephony {
         };
         let (sip_tx, sip_rx) = mpsc::unbounded_channel();
         let call_cancel = CancellationToken::new();
+        let mut media = call_media(self.stack.end_of_turn_model);
+        media.answering_machine = Some(answering_machine(&plan.voicemail_action));
         let setup = SipCallSetup {
-            media: call_media(self.stack.end_of_turn_model),
+            media,
             link: Some(conversation.link),
             epoch: conversation.epoch,
             events: Some(sip_tx),
@@ -190,9 +193,15 @@ impl Telephony for EngineTelephony {
                     return;
                 }
             };
-            let end = follow(sip_rx, agent_events, &events, &cancel, max_duration, || {
-                dialed.hang_up()
-            })
+            let end = follow_answer(
+                sip_rx,
+                agent_events,
+                &events,
+                &cancel,
+                max_duration,
+                None,
+                || dialed.hang_up(),
+            )
             .await;
             asr_cancel.cancel();
             call_cancel.cancel();
@@ -201,17 +210,60 @@ impl Telephony for EngineTelephony {
     }
 }
 
+/// What an outbound call says to an answering machine with
+/// `voicemail_action: leave_message`, after its beep.
+pub const VOICEMAIL_MESSAGE: &str =
+    "Hello, sorry we missed you. We will try to reach you again later. Thank you, goodbye.";
+
+/// The answering-machine handling of an outbound call with `voicemail_action`
+/// (`leave_message`, else hang up).
+pub fn answering_machine(voicemail_action: &str) -> AnsweringMachineConfig {
+    AnsweringMachineConfig::new(if voicemail_action == "leave_message" {
+        MachineAction::LeaveMessage {
+            text: VOICEMAIL_MESSAGE.into(),
+        }
+    } else {
+        MachineAction::HangUp
+    })
+}
+
 /// Forwards a call's SIP and conversation events until the call ends;
 /// `hang_up` is pressed on cancel, when the agent ends the call, or at the
-/// maximum duration.
+/// maximum duration. The answer is reported as by a `human`.
 pub async fn follow(
-    mut sip: mpsc::UnboundedReceiver<SipEvent>,
-    mut agent: mpsc::UnboundedReceiver<CallEvent>,
+    sip: mpsc::UnboundedReceiver<SipEvent>,
+    agent: mpsc::UnboundedReceiver<CallEvent>,
     events: &mpsc::UnboundedSender<LineEvent>,
     cancel: &CancellationToken,
     max_duration: Duration,
     hang_up: impl Fn(),
 ) -> LineEnd {
+    follow_answer(
+        sip,
+        agent,
+        events,
+        cancel,
+        max_duration,
+        Some(AnsweredBy::Human),
+        hang_up,
+    )
+    .await
+}
+
+/// [`follow`] for a call whose answerer is `known` at the answer, or (`None`)
+/// found by answering-machine detection: its decision is the line's
+/// `answered_by` (`unknown` if the call ended first), and a machine makes
+/// the call `no_answer`, as voicemail is reported.
+pub async fn follow_answer(
+    mut sip: mpsc::UnboundedReceiver<SipEvent>,
+    mut agent: mpsc::UnboundedReceiver<CallEvent>,
+    events: &mpsc::UnboundedSender<LineEvent>,
+    cancel: &CancellationToken,
+    max_duration: Duration,
+    known: Option<AnsweredBy>,
+    hang_up: impl Fn(),
+) -> LineEnd {
+    let mut answered_by = known;
     let mut answered = false;
     let mut agent_open = true;
     let mut hung_up = false;
@@ -225,14 +277,20 @@ pub async fn follow(
                 }
                 Some(SipEvent::Answered) => {
                     answered = true;
-                    let _ = events.send(LineEvent::Answered { answered_by: Some("human".into()) });
+                    let _ = events.send(LineEvent::Answered {
+                        answered_by: known.map(|by| by.as_str().to_owned()),
+                    });
+                }
+                Some(SipEvent::Media(MediaEvent::AnsweredBy(decision))) => {
+                    answered_by = Some(decision.answered_by);
                 }
                 Some(SipEvent::Ended { reason, .. }) => {
                     // What the agent said last may still be on its stream.
                     while let Ok(event) = agent.try_recv() {
                         let _ = events.send(LineEvent::Engine(event));
                     }
-                    return line_end(&reason, answered);
+                    let by = answered.then(|| answered_by.unwrap_or(AnsweredBy::Unknown));
+                    return line_end(&reason, answered, by);
                 }
                 Some(_) => {}
                 None => {
@@ -268,9 +326,14 @@ pub async fn follow(
     }
 }
 
-fn line_end(reason: &SipEnd, answered: bool) -> LineEnd {
+fn line_end(reason: &SipEnd, answered: bool, answered_by: Option<AnsweredBy>) -> LineEnd {
     let result = call_outcome(reason, answered);
-    let status = result.outcome.as_str();
+    // Voicemail is "nobody answered" to the API (and free).
+    let status = if answered_by == Some(AnsweredBy::Machine) {
+        "no_answer"
+    } else {
+        result.outcome.as_str()
+    };
     let (error_code, error_message) = if status == "failed" {
         let code = match reason {
             SipEnd::Refused(code) | SipEnd::Rejected(code) => format!("sip_{code}"),
@@ -285,7 +348,7 @@ fn line_end(reason: &SipEnd, answered: bool) -> LineEnd {
     };
     LineEnd {
         status: status.into(),
-        answered_by: None,
+        answered_by: answered_by.map(|by| by.as_str().to_owned()),
         hangup_cause: Some(result.hangup_cause),
         error_code,
         error_message,
