@@ -459,7 +459,16 @@ pub async fn run_rtp(
     let end = loop {
         tokio::select! {
             biased;
-            () = stop.cancelled() => break RtpEnd::Stopped,
+            () = stop.cancelled() => {
+                // What the worker reported before the stop (often what led
+                // to it: a hang-up, a decision) still reaches the application.
+                while let Ok(output) = call.outputs.try_recv() {
+                    if let CallOutput::Event(event) = output {
+                        on_event(RtpEvent::Media(event));
+                    }
+                }
+                break RtpEnd::Stopped;
+            }
             output = call.outputs.recv() => match output {
                 None => break RtpEnd::WorkerGone,
                 Some(CallOutput::Packet(packet)) => {

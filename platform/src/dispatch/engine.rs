@@ -16,7 +16,7 @@ use callingbox_engine::session::{CallMediaConfig, ConversationLink, MediaEvent};
 use callingbox_engine::transport::sip::{
     OutboundCall, Route, SipCallSetup, SipDialer, SipEnd, SipEvent, call_outcome,
 };
-use callingbox_engine::turns::TurnConfig;
+use callingbox_engine::turns::{HangupReason, TurnConfig};
 use callingbox_engine::vad::VadGateConfig;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -306,6 +306,14 @@ pub async fn follow_answer(
             event = agent.recv(), if agent_open => match event {
                 Some(event) => {
                     let ended = matches!(event, CallEvent::Ended { .. });
+                    // The media's hang-up on a machine ends the agent too; its
+                    // reason names it even if the SIP side's report is late.
+                    if let CallEvent::Ended { reason, .. } = &event
+                        && answered_by.is_none()
+                        && is_machine_hang_up(reason)
+                    {
+                        answered_by = Some(AnsweredBy::Machine);
+                    }
                     let _ = events.send(LineEvent::Engine(event));
                     if ended && !hung_up {
                         hung_up = true;
@@ -324,6 +332,13 @@ pub async fn follow_answer(
             }
         }
     }
+}
+
+/// Whether an agent's end `reason` is the media's hang-up on a machine.
+fn is_machine_hang_up(reason: &str) -> bool {
+    [HangupReason::AnsweringMachine, HangupReason::VoicemailLeft]
+        .iter()
+        .any(|machine| reason == format!("{machine:?}"))
 }
 
 fn line_end(reason: &SipEnd, answered: bool, answered_by: Option<AnsweredBy>) -> LineEnd {
