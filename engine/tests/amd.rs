@@ -66,39 +66,44 @@ fn silero() -> Option<SileroBatch> {
     }
 }
 
-/// The VADs to run: the energy VAD, and Silero when installed. Each
-/// scorer keeps its state across one clip's windows.
-fn vads() -> Vec<(
-    &'static str,
-    Box<dyn FnMut() -> Box<dyn FnMut(&[i16]) -> f32>>,
-)> {
-    let mut out: Vec<(
-        &'static str,
-        Box<dyn FnMut() -> Box<dyn FnMut(&[i16]) -> f32>>,
-    )> = vec![(
+/// Scores a 32 ms window; keeps its state across one clip's windows.
+type Scorer = Box<dyn FnMut(&[i16]) -> f32>;
+
+fn batch_scorer<B: 'static>(
+    mut batch: B,
+    register: fn(&mut B) -> callingbox_engine::vad::StreamHandle,
+    score: fn(&mut B, callingbox_engine::vad::StreamHandle, &[i16]) -> f32,
+) -> Scorer {
+    let stream = register(&mut batch);
+    Box::new(move |window: &[i16]| score(&mut batch, stream, window))
+}
+
+/// Fresh scorers for one clip: the energy VAD, and Silero when installed.
+fn scorers() -> Vec<(&'static str, Scorer)> {
+    let mut out = vec![(
         "energy",
-        Box::new(|| {
-            let mut batch = EnergyBatch::new(1);
-            let stream = batch.register().expect("slot");
-            Box::new(move |window: &[i16]| {
+        batch_scorer(
+            EnergyBatch::new(1),
+            |batch| batch.register().expect("slot"),
+            |batch, stream, window| {
                 batch.submit(stream, window).expect("submit");
                 batch.run().expect("run");
                 batch.probability(stream).expect("registered")
-            })
-        }),
+            },
+        ),
     )];
-    if silero().is_some() {
+    if let Some(silero) = silero() {
         out.push((
             "silero",
-            Box::new(|| {
-                let mut batch = silero().expect("loaded once already");
-                let stream = batch.register().expect("slot");
-                Box::new(move |window: &[i16]| {
+            batch_scorer(
+                silero,
+                |batch| batch.register().expect("slot"),
+                |batch, stream, window| {
                     batch.submit(stream, window).expect("submit");
                     batch.run().expect("run");
                     batch.probability(stream).expect("registered")
-                })
-            }),
+                },
+            ),
         ));
     }
     out
@@ -155,8 +160,7 @@ fn replay(clip: &Clip, score: &mut dyn FnMut(&[i16]) -> f32) -> Replay {
 
 fn each_vad(id: &str, check: impl Fn(&str, &Clip, &Replay)) {
     let clip = clip(id);
-    for (name, mut make) in vads() {
-        let mut score = make();
+    for (name, mut score) in scorers() {
         let result = replay(&clip, &mut *score);
         eprintln!(
             "{id:24} {name:6} {:8} {:20} after {:5} ms  words {}  cue {:?}",

@@ -113,11 +113,14 @@ impl Sipp {
     }
 }
 
+/// A datagram the callee's endpoint received, and when.
+type Arrival = (Instant, Vec<u8>);
+
 /// The callee's RTP endpoint: records what arrives, streams a fixture.
 struct Media {
     socket: Arc<UdpSocket>,
     port: u16,
-    received: Arc<Mutex<Vec<(Instant, Vec<u8>)>>>,
+    received: Arc<Mutex<Vec<Arrival>>>,
 }
 
 impl Media {
