@@ -3,7 +3,9 @@
 //! to SIPp (`fixtures/sip/uas_voicemail.xml`, answering at once and waiting
 //! for our BYE), whose media is the test's RTP endpoint streaming the
 //! recorded voicemail greeting (`voicemail_sam`, with its 1 kHz beep). The
-//! engine's answering-machine detection hangs up on it; the API then shows
+//! engine's answering-machine detection hangs up on it (`voicemail_action:
+//! hangup`) or speaks the voicemail message after the beep and then hangs
+//! up (`leave_message`); either way the API then shows
 //! `status: no_answer`, `answered_by: machine`, nothing billed and no
 //! extraction. On SQLite and (with `CALLINGBOX_TEST_POSTGRES_URL`)
 //! PostgreSQL. Prints a SKIPPED line when `sipp` is not installed.
@@ -161,94 +163,72 @@ async fn a_call_that_reaches_voicemail_is_no_answer_answered_by_machine_and_free
         let base = format!("http://{}", node.api);
         let http = reqwest::Client::new();
 
-        // The callee: SIPp on the local carrier, its media our socket.
-        let media = tokio::net::UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("bind RTP");
-        let media_port = media.local_addr().expect("addr").port();
-        let sipp_port = free_udp_port();
-        let mut command = Command::new("sipp");
-        command
-            .arg("-sf")
-            .arg(fixtures("sip").join("uas_voicemail.xml"))
-            .args(["-i", "127.0.0.1", "-p", &sipp_port.to_string()])
-            .args(["-m", "1", "-nostdin", "-timeout", "40s", "-timeout_error"])
-            .args(["-set", "rtp_port", &media_port.to_string()])
-            .args(["-set", "pt", "0", "-set", "codec", "PCMU"]);
-        let sipp = tokio::task::spawn_blocking(move || command.output().expect("run sipp"));
-        node.carrier
-            .assign(CALLEE, SocketAddr::from(([127, 0, 0, 1], sipp_port)))
-            .expect("E.164");
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        for action in ["hangup", "leave_message"] {
+            // The callee: SIPp on the local carrier, its media our socket.
+            let media = tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("bind RTP");
+            let media_port = media.local_addr().expect("addr").port();
+            let sipp_port = free_udp_port();
+            let mut command = Command::new("sipp");
+            command
+                .arg("-sf")
+                .arg(fixtures("sip").join("uas_voicemail.xml"))
+                .args(["-i", "127.0.0.1", "-p", &sipp_port.to_string()])
+                .args(["-m", "1", "-nostdin", "-timeout", "40s", "-timeout_error"])
+                .args(["-set", "rtp_port", &media_port.to_string()])
+                .args(["-set", "pt", "0", "-set", "codec", "PCMU"]);
+            let sipp = tokio::task::spawn_blocking(move || command.output().expect("run sipp"));
+            node.carrier
+                .assign(CALLEE, SocketAddr::from(([127, 0, 0, 1], sipp_port)))
+                .expect("E.164");
+            tokio::time::sleep(Duration::from_millis(300)).await;
 
-        let (status, offers) = api(
-            &http,
-            &base,
-            &key,
-            reqwest::Method::GET,
-            "/v1/numbers/available?area_code=415&limit=1",
-            None,
-        )
-        .await;
-        assert_eq!(status, 200, "{offers}");
-        let from = offers[0]["phone_number"]
-            .as_str()
-            .expect("a number")
-            .to_owned();
-        let (status, bought) = api(
-            &http,
-            &base,
-            &key,
-            reqwest::Method::POST,
-            "/v1/numbers/purchase",
-            Some(json!({"phone_number": from})),
-        )
-        .await;
-        assert_eq!(status, 201, "{bought}");
-
-        let (status, created) = api(
-            &http,
-            &base,
-            &key,
-            reqwest::Method::POST,
-            "/v1/calls",
-            Some(json!({
-                "to": CALLEE,
-                "from_number": from,
-                "prompt": "Remind Sam of the appointment tomorrow at nine.",
-                "returns": {"confirmed": "boolean"},
-                "voicemail_action": "hangup",
-            })),
-        )
-        .await;
-        assert_eq!(status, 201, "{backend}: {created}");
-        let id = created["id"].as_str().expect("id").to_owned();
-
-        // Stream the greeting from the answer on.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            let (_, call) = api(
+            let (status, offers) = api(
                 &http,
                 &base,
                 &key,
                 reqwest::Method::GET,
-                &format!("/v1/calls/{id}"),
+                "/v1/numbers/available?area_code=415&limit=1",
                 None,
             )
             .await;
-            if call["status"] == "in_progress" {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline && call["status"] != "failed",
-                "{backend}: never answered: {call}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let engine = SocketAddr::from(([127, 0, 0, 1], engine_rtp));
-        let streaming = async { stream(&media, engine, "voicemail_sam.8k.ulaw.wav").await };
-        let ended = async {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            assert_eq!(status, 200, "{offers}");
+            let from = offers[0]["phone_number"]
+                .as_str()
+                .expect("a number")
+                .to_owned();
+            let (status, bought) = api(
+                &http,
+                &base,
+                &key,
+                reqwest::Method::POST,
+                "/v1/numbers/purchase",
+                Some(json!({"phone_number": from})),
+            )
+            .await;
+            assert_eq!(status, 201, "{bought}");
+
+            let (status, created) = api(
+                &http,
+                &base,
+                &key,
+                reqwest::Method::POST,
+                "/v1/calls",
+                Some(json!({
+                    "to": CALLEE,
+                    "from_number": from,
+                    "prompt": "Remind Sam of the appointment tomorrow at nine.",
+                    "returns": {"confirmed": "boolean"},
+                    "voicemail_action": action,
+                })),
+            )
+            .await;
+            assert_eq!(status, 201, "{backend}: {created}");
+            let id = created["id"].as_str().expect("id").to_owned();
+
+            // Stream the greeting from the answer on.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
             loop {
                 let (_, call) = api(
                     &http,
@@ -259,36 +239,84 @@ async fn a_call_that_reaches_voicemail_is_no_answer_answered_by_machine_and_free
                     None,
                 )
                 .await;
-                let done = call["status"] != "in_progress";
-                if done || tokio::time::Instant::now() > deadline {
-                    return call;
+                if call["status"] == "in_progress" {
+                    break;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                assert!(
+                    tokio::time::Instant::now() < deadline && call["status"] != "failed",
+                    "{backend}: never answered: {call}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-        };
-        let (_, call) = tokio::join!(streaming, ended);
-        let output = sipp.await.expect("sipp thread");
-        assert_eq!(
-            output.status.code(),
-            Some(0),
-            "{backend}: {}",
-            describe(&output)
-        );
+            let answered = tokio::time::Instant::now();
+            let engine = SocketAddr::from(([127, 0, 0, 1], engine_rtp));
+            let streaming = async { stream(&media, engine, "voicemail_sam.8k.ulaw.wav").await };
+            let ended = async {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+                loop {
+                    let (_, call) = api(
+                        &http,
+                        &base,
+                        &key,
+                        reqwest::Method::GET,
+                        &format!("/v1/calls/{id}"),
+                        None,
+                    )
+                    .await;
+                    let done = call["status"] != "in_progress";
+                    if done || tokio::time::Instant::now() > deadline {
+                        return (call, answered.elapsed());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            };
+            let (_, (call, lasted)) = tokio::join!(streaming, ended);
+            let output = sipp.await.expect("sipp thread");
+            assert_eq!(
+                output.status.code(),
+                Some(0),
+                "{backend}: {}",
+                describe(&output)
+            );
 
-        assert_eq!(call["status"], "no_answer", "{backend}: {call}");
-        assert_eq!(call["answered_by"], "machine", "{backend}: {call}");
-        assert_eq!(call["billed_duration_seconds"], 0, "{backend}: {call}");
-        assert_eq!(call["billing_amount_milli_cents"], 0, "{backend}: {call}");
-        assert_eq!(
-            call["result"],
-            Value::Null,
-            "{backend}: no extraction: {call}"
-        );
-        assert_ne!(call["result_status"], "completed", "{backend}: {call}");
-        println!(
-            "{backend}: {id} ended {} / {}",
-            call["status"], call["answered_by"]
-        );
+            assert_eq!(call["status"], "no_answer", "{backend}: {call}");
+            assert_eq!(call["answered_by"], "machine", "{backend}: {call}");
+            assert_eq!(call["billed_duration_seconds"], 0, "{backend}: {call}");
+            assert_eq!(call["billing_amount_milli_cents"], 0, "{backend}: {call}");
+            assert_eq!(
+                call["result"],
+                Value::Null,
+                "{backend}: no extraction: {call}"
+            );
+            assert_ne!(call["result_status"], "completed", "{backend}: {call}");
+            let (status, transcript) = api(
+                &http,
+                &base,
+                &key,
+                reqwest::Method::GET,
+                &format!("/v1/calls/{id}/transcript"),
+                None,
+            )
+            .await;
+            assert_eq!(status, 200, "{transcript}");
+            let message_spoken = transcript.to_string().contains("sorry we missed you");
+            if action == "hangup" {
+                // Decided ~3.4 s after the answer, hung up at once.
+                assert!(lasted < Duration::from_secs(5), "{backend}: {lasted:?}");
+                assert!(!message_spoken, "{backend}: {transcript}");
+            } else {
+                // The beep ends 6.4 s into the greeting; then the message.
+                assert!(
+                    lasted > Duration::from_millis(6_400),
+                    "{backend}: {lasted:?}"
+                );
+                assert!(message_spoken, "{backend}: the message: {transcript}");
+            }
+            println!(
+                "{backend} {action}: {id} ended {} / {} after {lasted:?}",
+                call["status"], call["answered_by"]
+            );
+        }
         node.shutdown(Duration::from_secs(2)).await;
     }
 }
