@@ -232,3 +232,114 @@ impl AnsweringMachine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::turns::EndOfTurnReason;
+
+    fn turn(text: &str) -> MediaEvent {
+        MediaEvent::UserTurnEnded {
+            text: text.into(),
+            reason: EndOfTurnReason::MaxWait,
+            speech_ended_at: Instant::from_millis(700),
+            decided_at: Instant::from_millis(900),
+        }
+    }
+
+    /// Feeds `speech_ms` of speech from 320 ms on, then silence, until
+    /// `until_ms`, on the 32 ms VAD grid; `during` runs after each window.
+    fn drive(
+        machine: &mut AnsweringMachine,
+        speech_ms: u64,
+        until_ms: u64,
+        out: &mut Vec<MediaEvent>,
+        mut during: impl FnMut(u64, &mut AnsweringMachine, &mut Vec<MediaEvent>),
+    ) {
+        let mut t = 0;
+        while t < until_ms {
+            t += 32;
+            let speech = (320..320 + speech_ms).contains(&t);
+            machine.on_vad(Instant::from_millis(t), if speech { 0.9 } else { 0.0 }, out);
+            during(t, machine, out);
+            machine.poll(Instant::from_millis(t), false, out);
+        }
+    }
+
+    #[test]
+    fn a_persons_first_turn_waits_for_the_decision_then_goes_through() {
+        let mut machine = AnsweringMachine::new(
+            AnsweringMachineConfig::new(MachineAction::HangUp),
+            Instant::ZERO,
+        );
+        let mut out = Vec::new();
+        drive(&mut machine, 400, 3_000, &mut out, |t, machine, out| {
+            if t == 928 {
+                // The turn machine commits "Hello?" before the detector knows.
+                assert_eq!(machine.filter(turn("Hello?")), None);
+                assert!(out.is_empty(), "nothing reaches the agent yet: {out:?}");
+            }
+        });
+        assert!(
+            matches!(&out[..], [MediaEvent::AnsweredBy(d), MediaEvent::UserTurnEnded { text, .. }]
+                if d.answered_by == AnsweredBy::Human && text == "Hello?"),
+            "{out:?}"
+        );
+        assert!(!machine.mutes_caller());
+        // Later turns pass straight through.
+        assert!(machine.filter(turn("Who is this?")).is_some());
+    }
+
+    #[test]
+    fn a_machine_drops_the_held_turn_and_is_hung_up_on() {
+        let mut machine = AnsweringMachine::new(
+            AnsweringMachineConfig::new(MachineAction::HangUp),
+            Instant::ZERO,
+        );
+        let mut out = Vec::new();
+        drive(&mut machine, 5_000, 6_000, &mut out, |t, machine, _| {
+            if t == 1_504 {
+                assert_eq!(machine.filter(turn("Hi, you've reached Sam.")), None);
+            }
+        });
+        assert!(
+            matches!(&out[..], [MediaEvent::AnsweredBy(d), MediaEvent::Hangup { reason: HangupReason::AnsweringMachine }]
+                if d.answered_by == AnsweredBy::Machine),
+            "{out:?}"
+        );
+        assert!(machine.mutes_caller());
+        assert_eq!(machine.filter(turn("please leave a message")), None);
+        assert!(machine.filter(MediaEvent::IdlePrompt).is_none());
+    }
+
+    #[test]
+    fn the_message_follows_the_cue_and_the_call_ends_after_the_agent_is_quiet() {
+        let mut config = AnsweringMachineConfig::new(MachineAction::LeaveMessage {
+            text: "Please call back.".into(),
+        });
+        config.message_end_quiet = Duration::from_millis(1_000);
+        let mut machine = AnsweringMachine::new(config, Instant::ZERO);
+        let mut out = Vec::new();
+        // 4 s of greeting, then silence: the cue is 2 s after its end.
+        drive(&mut machine, 4_000, 6_400, &mut out, |_, _, _| {});
+        let cue_at = out
+            .iter()
+            .position(|e| matches!(e, MediaEvent::LeaveVoicemail { cue: MessageCue::Silence, text } if text == "Please call back."))
+            .unwrap_or_else(|| panic!("{out:?}"));
+        assert_eq!(cue_at, 1, "{out:?}");
+        out.clear();
+        // The agent speaks for 2 s, then is quiet: the hang-up 1 s later.
+        let mut t = 6_400;
+        while t < 10_000 && out.is_empty() {
+            t += 20;
+            machine.poll(Instant::from_millis(t), t < 8_400, &mut out);
+        }
+        assert_eq!(
+            out,
+            vec![MediaEvent::Hangup {
+                reason: HangupReason::VoicemailLeft
+            }]
+        );
+        assert_eq!(t, 9_400);
+    }
+}
