@@ -240,6 +240,7 @@ async fn call_with_detection(
                 host: "127.0.0.1".into(),
                 port: sipp.port,
                 credentials: None,
+                tcp: false,
             }),
             setup,
             ring_timeout: Duration::from_secs(10),

@@ -69,8 +69,11 @@ fn scripted_stack() -> (SpeechStack, Arc<dyn Extractor>) {
     let stack = SpeechStack {
         llm: Arc::new(llm),
         tts: Arc::new(tts),
+        voices: Default::default(),
+        cloud_voices: None,
         asr: Arc::new(asr),
         end_of_turn_model: false,
+        llm_timeout: Duration::from_secs(15),
     };
     let json_model = ScriptedLlm::new(Vec::new(), LlmLatency::default())
         .with_json_reply(json!({"reached": true}));

@@ -341,6 +341,12 @@ impl CallMedia {
         packet
     }
 
+    /// The peer held (`true`) or resumed the call (see
+    /// [`TurnInput::CallHeld`]).
+    pub fn set_held(&mut self, now: Instant, held: bool) {
+        self.feed(now, TurnInput::CallHeld { held });
+    }
+
     /// Tick step 3: the turn machine's timers fire.
     pub fn tick(&mut self, now: Instant) {
         self.feed(now, TurnInput::Tick);

@@ -3,15 +3,16 @@
 //! with its own agent loop and recognizer on the shared speech stack, and
 //! the engine's SIP and conversation events mapped to [`LineEvent`]s.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use callingbox_engine::amd::{AnsweredBy, AnsweringMachineConfig, MachineAction};
 use callingbox_engine::audio::{InboundCodec, OutboundConfig};
 use callingbox_engine::codecs::{G711Law, SampleRate};
-use callingbox_engine::conversation::{AgentLoop, Providers};
-use callingbox_engine::events::CallEvent;
-use callingbox_engine::providers::{AsrProvider, LlmProvider, TtsProvider};
+use callingbox_engine::conversation::{AgentConfig, AgentLoop, Providers};
+use callingbox_engine::events::{CallEvent, ProviderRole};
+use callingbox_engine::providers::{AsrProvider, LlmProvider, TtsProvider, primary_language};
 use callingbox_engine::session::{CallMediaConfig, ConversationLink, MediaEvent};
 use callingbox_engine::transport::sip::{
     OutboundCall, Route, SipCallSetup, SipDialer, SipEnd, SipEvent, call_outcome,
@@ -23,6 +24,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{CallPlan, LineEnd, LineEvent, Telephony};
 
+/// Builds a cloud voice from an agent's `voice` and a call's language.
+pub type VoiceFactory =
+    Arc<dyn Fn(&str, &str) -> Result<Arc<dyn TtsProvider>, String> + Send + Sync>;
+
 /// The models every call shares.
 #[derive(Clone)]
 pub struct SpeechStack {
@@ -30,10 +35,21 @@ pub struct SpeechStack {
     pub llm: Arc<dyn LlmProvider>,
     /// The voice.
     pub tts: Arc<dyn TtsProvider>,
-    /// The recognizer (one session per call).
+    /// Voices for other languages, by BCP-47 primary subtag (`es`): a call
+    /// in one of them speaks with its voice, any other call with `tts`.
+    pub voices: BTreeMap<String, Arc<dyn TtsProvider>>,
+    /// A cloud TTS vendor's voices, when one is configured: each call
+    /// speaks with its agent's `voice` (a vendor voice id; `default` is the
+    /// node's configured voice) in the call's language, instead of `tts`.
+    pub cloud_voices: Option<VoiceFactory>,
+    /// The recognizer (one session per call, in the call's language).
     pub asr: Arc<dyn AsrProvider>,
     /// Let the end-of-turn model decide turns (when it loaded).
     pub end_of_turn_model: bool,
+    /// The longest wait for the LLM's next event before the call fails
+    /// (`AgentConfig::llm_timeout`): a cloud model that says nothing for
+    /// long is down, while the local model on a busy CPU may queue calls.
+    pub llm_timeout: Duration,
 }
 
 impl std::fmt::Debug for SpeechStack {
@@ -71,18 +87,43 @@ pub struct Conversation {
 }
 
 impl SpeechStack {
+    /// The voice of a call whose agent names `voice`, in `language`.
+    pub fn voice_for_call(
+        &self,
+        voice: &str,
+        language: &str,
+    ) -> Result<Arc<dyn TtsProvider>, String> {
+        match &self.cloud_voices {
+            Some(factory) => factory(voice, language),
+            None => Ok(Arc::clone(self.voice_for(language))),
+        }
+    }
+
+    /// The local voice a call in `language` speaks with.
+    pub fn voice_for(&self, language: &str) -> &Arc<dyn TtsProvider> {
+        self.voices
+            .get(&primary_language(language))
+            .unwrap_or(&self.tts)
+    }
+
     /// Starts `plan`'s agent loop and recognizer.
     pub fn start_conversation(&self, plan: &CallPlan) -> Result<Conversation, String> {
         let (audio_tx, agent_audio) = mpsc::channel(64);
         let providers = Providers {
             llm: Arc::clone(&self.llm),
-            tts: Arc::clone(&self.tts),
+            tts: self
+                .voice_for_call(&plan.voice, &plan.language)
+                .map_err(|err| format!("the voice {:?} cannot be used: {err}", plan.voice))?,
         };
-        let (agent, events) = AgentLoop::spawn(plan.agent_config(), providers, audio_tx);
+        let config = AgentConfig {
+            llm_timeout: self.llm_timeout,
+            ..plan.agent_config()
+        };
+        let (agent, events) = AgentLoop::spawn(config, providers, audio_tx);
         let cancel = CancellationToken::new();
         let asr = self
             .asr
-            .open(cancel.clone())
+            .open_in(&plan.language, cancel.clone())
             .map_err(|err| format!("the recognizer failed to start: {err}"))?;
         let epoch = agent
             .clock()
@@ -267,6 +308,9 @@ pub async fn follow_answer(
     let mut answered = false;
     let mut agent_open = true;
     let mut hung_up = false;
+    // A provider that failed for good ends the call as `failed`, whatever
+    // the line says about how it ended.
+    let mut provider_failure: Option<(ProviderRole, String)> = None;
     let deadline = tokio::time::sleep(max_duration);
     tokio::pin!(deadline);
     loop {
@@ -287,10 +331,15 @@ pub async fn follow_answer(
                 Some(SipEvent::Ended { reason, .. }) => {
                     // What the agent said last may still be on its stream.
                     while let Ok(event) = agent.try_recv() {
+                        note_failure(&event, &mut provider_failure);
                         let _ = events.send(LineEvent::Engine(event));
                     }
                     let by = answered.then(|| answered_by.unwrap_or(AnsweredBy::Unknown));
-                    return line_end(&reason, answered, by);
+                    let end = line_end(&reason, answered, by);
+                    return match provider_failure {
+                        Some(failure) => provider_failed(end, failure),
+                        None => end,
+                    };
                 }
                 Some(_) => {}
                 None => {
@@ -305,6 +354,7 @@ pub async fn follow_answer(
             },
             event = agent.recv(), if agent_open => match event {
                 Some(event) => {
+                    note_failure(&event, &mut provider_failure);
                     let ended = matches!(event, CallEvent::Ended { .. });
                     // The media's hang-up on a machine ends the agent too; its
                     // reason names it even if the SIP side's report is late.
@@ -341,6 +391,25 @@ fn is_machine_hang_up(reason: &str) -> bool {
         .any(|machine| reason == format!("{machine:?}"))
 }
 
+fn note_failure(event: &CallEvent, failure: &mut Option<(ProviderRole, String)>) {
+    if let CallEvent::ProviderFailed {
+        provider, error, ..
+    } = event
+    {
+        failure.get_or_insert((*provider, error.clone()));
+    }
+}
+
+/// The end of a call that a provider failure cut short.
+fn provider_failed(end: LineEnd, (provider, error): (ProviderRole, String)) -> LineEnd {
+    LineEnd {
+        status: "failed".into(),
+        error_code: Some("provider_error".into()),
+        error_message: Some(format!("{} failed: {error}", provider.describe())),
+        ..end
+    }
+}
+
 fn line_end(reason: &SipEnd, answered: bool, answered_by: Option<AnsweredBy>) -> LineEnd {
     let result = call_outcome(reason, answered);
     // Voicemail is "nobody answered" to the API (and free).
@@ -367,5 +436,44 @@ fn line_end(reason: &SipEnd, answered: bool, answered_by: Option<AnsweredBy>) ->
         hangup_cause: Some(result.hangup_cause),
         error_code,
         error_message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use callingbox_engine::providers::scripted::{ScriptedAsr, ScriptedLlm, ScriptedTts};
+
+    #[test]
+    fn a_call_speaks_with_the_voice_of_its_language() {
+        let english: Arc<dyn TtsProvider> =
+            Arc::new(ScriptedTts::new(SampleRate::Hz16000, Default::default()));
+        let spanish: Arc<dyn TtsProvider> =
+            Arc::new(ScriptedTts::new(SampleRate::Hz24000, Default::default()));
+        let stack = SpeechStack {
+            llm: Arc::new(ScriptedLlm::new(Vec::new(), Default::default())),
+            tts: Arc::clone(&english),
+            voices: BTreeMap::from([("es".to_owned(), Arc::clone(&spanish))]),
+            cloud_voices: None,
+            asr: Arc::new(ScriptedAsr::new(
+                Vec::new(),
+                Duration::ZERO,
+                Duration::from_millis(1),
+            )),
+            end_of_turn_model: false,
+            llm_timeout: Duration::from_secs(15),
+        };
+        for (language, expected) in [
+            ("es", &spanish),
+            ("es-MX", &spanish),
+            ("ES-419", &spanish),
+            ("en", &english),
+            ("en-GB", &english),
+        ] {
+            assert!(
+                Arc::ptr_eq(stack.voice_for(language), expected),
+                "{language}"
+            );
+        }
     }
 }
