@@ -588,6 +588,7 @@ fn run_worker(setup: WorkerSetup) -> WorkerReport {
             ..TurnConfig::default()
         },
         inband_dtmf: false,
+        answering_machine: None,
     };
     let ramp_per_tick = setup.calls_expected.div_ceil(16).max(1);
     let now = StdInstant::now();

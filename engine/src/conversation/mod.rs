@@ -31,7 +31,8 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Instant;
 use crate::codecs::PcmFrame;
 use crate::events::{
-    CallEvent, CallStatus, EndedBy, EventSender, Role, SegmentSource, TurnMetrics, duration_ms,
+    CallEvent, CallStatus, EndedBy, EventSender, ProviderRole, Role, SegmentSource, TurnMetrics,
+    duration_ms,
 };
 use crate::providers::{ChatMessage, LlmProvider, TtsProvider};
 use crate::tools::http::HttpToolRunner;
@@ -93,7 +94,14 @@ pub struct AgentConfig {
     pub http_client: Option<reqwest::Client>,
     /// How keys the caller presses are grouped into one user turn.
     pub keypad: KeypadConfig,
+    /// The longest the model may take to its first event, or between two
+    /// events, before it counts as failed and the call ends with the error
+    /// (a caller must never be left in silence by a hung provider).
+    pub llm_timeout: Duration,
 }
+
+/// The `reason` of [`CallEvent::Ended`] after a provider failed.
+pub const PROVIDER_FAILED: &str = "provider_failed";
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -106,6 +114,7 @@ impl Default for AgentConfig {
             nominal_speech_per_char: Duration::from_millis(60),
             http_client: None,
             keypad: KeypadConfig::default(),
+            llm_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -177,6 +186,7 @@ enum Command {
     Resume,
     HangUp(EndedBy, String),
     Key(char),
+    ProviderFailed(ProviderRole, String),
     Shutdown,
 }
 
@@ -311,6 +321,12 @@ impl AgentHandle {
     /// Ends the call from outside (the caller hung up, a limit was hit).
     pub fn hang_up(&self, by: EndedBy, reason: &str) {
         self.send(Command::HangUp(by, reason.to_owned()));
+    }
+
+    /// A provider outside the loop (the recognizer) failed for good: report
+    /// it and end the call.
+    pub fn provider_failed(&self, provider: ProviderRole, error: &str) {
+        self.send(Command::ProviderFailed(provider, error.to_owned()));
     }
 
     /// The chat history as the model will see it next.
@@ -512,6 +528,11 @@ impl AgentLoop {
                     self.commit_keypad(entry);
                 }
             }
+            Command::ProviderFailed(provider, error) => {
+                self.interrupt(None);
+                self.fail(provider, error);
+                return false;
+            }
             Command::Shutdown => return false,
         }
         true
@@ -644,6 +665,7 @@ impl AgentLoop {
             cancel: self.cancel.clone(),
             max_tool_rounds: self.config.max_tool_rounds,
             min_words_before_comma: self.config.min_words_before_comma,
+            llm_timeout: self.config.llm_timeout,
             reply_id,
             tools_running: Arc::clone(&self.tools_running),
             user_text: user.text.clone(),
@@ -826,6 +848,10 @@ impl AgentLoop {
             });
         }
         self.emit_metrics(&active.user, active.committed_at, active.index, &marks);
+        if let Some((provider, error)) = outcome.failure {
+            self.fail(provider, error);
+            return false;
+        }
         if outcome.end_call {
             self.end(EndedBy::Agent, "end_call");
             return false;
@@ -846,6 +872,16 @@ impl AgentLoop {
         }
         let metrics = turn_metrics(user, committed_at, marks);
         self.events.send(CallEvent::TurnMetrics { turn, metrics });
+    }
+
+    /// Reports a provider's failure and ends the call.
+    fn fail(&self, provider: ProviderRole, error: String) {
+        self.events.send(CallEvent::ProviderFailed {
+            provider,
+            error,
+            at_ms: self.events.ms_since_start(self.clock.now()),
+        });
+        self.end(EndedBy::System, PROVIDER_FAILED);
     }
 
     fn end(&self, by: EndedBy, reason: &str) {

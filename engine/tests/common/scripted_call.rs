@@ -117,5 +117,6 @@ pub fn pcmu_media() -> CallMediaConfig {
             ..TurnConfig::default()
         },
         inband_dtmf: false,
+        answering_machine: None,
     }
 }
