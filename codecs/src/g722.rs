@@ -420,9 +420,9 @@ mod tests {
         for hz in [1_000.0, 6_000.0] {
             let pcm = tone(16_000, hz, 8_000.0);
             let mut codes = vec![0u8; pcm.len() / 2];
-            G722Encoder::new().encode(&pcm, &mut codes).unwrap();
+            G722Encoder::new().encode(&pcm, &mut codes).expect("encode");
             let mut decoded = vec![0i16; pcm.len()];
-            G722Decoder::new().decode(&codes, &mut decoded).unwrap();
+            G722Decoder::new().decode(&codes, &mut decoded).expect("decode");
             // The QMF pair delays the signal by a few samples; skip the first
             // 100 ms while the scale factors adapt, and take the best lag.
             let snr = (0..48)
@@ -440,7 +440,7 @@ mod tests {
             tone(320, 440.0, 3_000.0),
         );
         let mut out = Vec::new();
-        G722Encoder::new().encode_frame(&frame, &mut out).unwrap();
+        G722Encoder::new().encode_frame(&frame, &mut out).expect("encode");
         assert_eq!(out.len(), FRAME_BYTES_20MS);
         assert!(G722Encoder::new().encode(&[1, 2, 3], &mut [0; 2]).is_err());
         assert!(G722Decoder::new().decode(&[0; 4], &mut [0; 7]).is_err());
@@ -453,6 +453,6 @@ mod tests {
         let mut decoder = G722Decoder::new();
         let codes: Vec<u8> = (0..=255u8).cycle().take(16_000).collect();
         let mut out = vec![0i16; codes.len() * 2];
-        decoder.decode(&codes, &mut out).unwrap();
+        decoder.decode(&codes, &mut out).expect("decode");
     }
 }
