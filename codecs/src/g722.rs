@@ -422,7 +422,9 @@ mod tests {
             let mut codes = vec![0u8; pcm.len() / 2];
             G722Encoder::new().encode(&pcm, &mut codes).expect("encode");
             let mut decoded = vec![0i16; pcm.len()];
-            G722Decoder::new().decode(&codes, &mut decoded).expect("decode");
+            G722Decoder::new()
+                .decode(&codes, &mut decoded)
+                .expect("decode");
             // The QMF pair delays the signal by a few samples; skip the first
             // 100 ms while the scale factors adapt, and take the best lag.
             let snr = (0..48)
@@ -440,7 +442,9 @@ mod tests {
             tone(320, 440.0, 3_000.0),
         );
         let mut out = Vec::new();
-        G722Encoder::new().encode_frame(&frame, &mut out).expect("encode");
+        G722Encoder::new()
+            .encode_frame(&frame, &mut out)
+            .expect("encode");
         assert_eq!(out.len(), FRAME_BYTES_20MS);
         assert!(G722Encoder::new().encode(&[1, 2, 3], &mut [0; 2]).is_err());
         assert!(G722Decoder::new().decode(&[0; 4], &mut [0; 7]).is_err());
