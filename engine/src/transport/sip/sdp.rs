@@ -1,12 +1,12 @@
 //! SDP offer/answer (RFC 3264) for one audio stream, sans-IO.
 //!
 //! The engine speaks G.722 (static type 9), PCMU (0) and PCMA (8) on SIP.
-//! [`negotiate`] picks the first of them in *our* order of preference
-//! ([`CodecKind::DEFAULT_PREFERENCE`]: G.722 first, because wideband audio
-//! is what the recognizer hears best; then PCMU, the North American
-//! default, then PCMA), plus RFC 4733 `telephone-event` if offered, at 20 ms
-//! packets; [`negotiate_with`] takes another order. RFC 3264 lets the
-//! answerer choose among the offered formats. [`Answer::to_sdp`] writes the
+//! [`negotiate`] picks G.722 whenever it is offered, because wideband audio
+//! is what the recognizer hears best, and otherwise the first of PCMU/PCMA
+//! in the offerer's order (the offerer knows its network: PCMA in Europe,
+//! PCMU in North America); plus RFC 4733 `telephone-event` if offered, at
+//! 20 ms packets. [`negotiate_with`] takes a strict order of our own
+//! instead. RFC 3264 lets the answerer choose among the offered formats. [`Answer::to_sdp`] writes the
 //! answer with our RTP address. Parsing is lenient about what it does not
 //! need and never panics on garbage.
 //!
@@ -56,10 +56,6 @@ pub enum CodecKind {
 }
 
 impl CodecKind {
-    /// The order [`negotiate`] prefers: wideband first, then G.711.
-    pub const DEFAULT_PREFERENCE: [CodecKind; 3] =
-        [CodecKind::G722, CodecKind::Pcmu, CodecKind::Pcma];
-
     /// The SDP encoding name (its clock is 8000 for all three).
     pub fn name(self) -> &'static str {
         match self {
@@ -285,10 +281,13 @@ struct MediaSection<'a> {
     direction: Option<Direction>,
 }
 
-/// Negotiates an offer: the first active `m=audio` stream, the first of
-/// [`CodecKind::DEFAULT_PREFERENCE`] it offers, and `telephone-event` if offered.
+/// Negotiates an offer: the first active `m=audio` stream, G.722 if
+/// offered, else the offerer's first of PCMU/PCMA, and `telephone-event` if offered.
 pub fn negotiate(offer: &str) -> Result<Negotiated, SdpError> {
-    negotiate_in_order(offer, Some(&CodecKind::DEFAULT_PREFERENCE))
+    negotiate_in_order(offer, Some(&[CodecKind::G722])).or_else(|error| match error {
+        SdpError::NoCommonCodec => negotiate_in_order(offer, None),
+        other => Err(other),
+    })
 }
 
 /// [`negotiate`] with our own order of preference (codecs left out of it
@@ -465,20 +464,20 @@ mod tests {
         a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\n";
 
     #[test]
-    fn picks_our_preferred_codec_and_telephone_event() {
+    fn picks_the_offerers_first_g711_and_telephone_event() {
         let negotiated = negotiate(OFFER).expect("answerable");
         assert_eq!(
             negotiated.remote_rtp,
             "192.0.2.10:6000".parse().expect("addr")
         );
-        // PCMA is offered first, but we prefer PCMU.
-        assert_eq!(negotiated.codec.kind, CodecKind::Pcmu);
-        assert_eq!(negotiated.codec.payload_type, 0);
+        // Without G.722, the offerer's first G.711 law.
+        assert_eq!(negotiated.codec.kind, CodecKind::Pcma);
+        assert_eq!(negotiated.codec.payload_type, 8);
         // Our own order can say otherwise.
-        let pcma_first =
-            negotiate_with(OFFER, &[CodecKind::Pcma, CodecKind::Pcmu]).expect("answerable");
-        assert_eq!(pcma_first.codec.kind, CodecKind::Pcma);
-        assert_eq!(pcma_first.codec.payload_type, 8);
+        let pcmu_first =
+            negotiate_with(OFFER, &[CodecKind::Pcmu, CodecKind::Pcma]).expect("answerable");
+        assert_eq!(pcmu_first.codec.kind, CodecKind::Pcmu);
+        assert_eq!(pcmu_first.codec.payload_type, 0);
         assert_eq!(negotiated.telephone_event, Some(101));
         assert_eq!(negotiated.ptime, 20);
         assert_eq!(negotiated.direction, Direction::SendRecv);
