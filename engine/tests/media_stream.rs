@@ -119,7 +119,7 @@ async fn start_server(user_says: &[&str], agent_replies: &[&str]) -> Server {
     let (events_tx, events) = mpsc::unbounded_channel();
     let factory = move |_start: &StreamStart| {
         let conversation = scripted_conversation(&user_says, &agent_replies).map_err(|error| {
-            callingbox_engine::transport::media_stream::CallRefused(error.to_string())
+            callingbox_engine::transport::media_stream::CallRefused::unavailable(error.to_string())
         })?;
         Ok(CallSetup {
             media: pcmu_media(),
@@ -728,6 +728,7 @@ async fn a_worker_thread_takes_calls_and_ends_when_its_handles_drop() {
             outbound: OutboundConfig::pcmu(SampleRate::Hz16000),
             gate: VadGateConfig::default(),
             turns: TurnConfig::default(),
+            answering_machine: None,
         },
         link: None,
         epoch: std::time::Instant::now(),

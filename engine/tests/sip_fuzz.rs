@@ -950,7 +950,7 @@ fn drain_uas(uas: &mut SipUas, now: Instant, accept: &mut bool) -> Vec<SipMessag
                     let _ = uas.reject(now, call.call, 486);
                 }
             }
-            UasOutput::Answered(_) | UasOutput::Ended { .. } => {}
+            UasOutput::Answered(_) | UasOutput::Ended { .. } | UasOutput::MediaChanged { .. } => {}
         }
     }
     sent
@@ -1030,6 +1030,7 @@ fn the_uac_survives_mutated_answers_and_challenges() {
                     password: "pw".into(),
                 }),
                 ring_timeout: Duration::from_secs(30),
+                tcp: false,
             },
         );
         seen_calls.insert(call);

@@ -169,6 +169,7 @@ impl Sipp {
             host: "127.0.0.1".into(),
             port: self.address.port(),
             credentials,
+            tcp: false,
         })
     }
 

@@ -1080,3 +1080,20 @@ fn a_final_that_never_comes_delays_the_turn_only_to_the_maximum_wait() {
         turns[0]
     );
 }
+
+#[test]
+fn a_held_call_is_not_idle_and_the_count_restarts_at_the_resume() {
+    let mut call = agent_talking();
+    call.at(1000, TurnInput::AgentFinishedSpeaking);
+    // The caller puts us on hold (re-INVITE with a=sendonly) for a minute.
+    call.at(2000, TurnInput::CallHeld { held: true });
+    call.run_until(62_000);
+    assert!(call.log.is_empty(), "{:?}", call.log);
+    assert!(!call.machine.has_ended());
+    // Resumed: the silence that counts starts now (prompt 8 s later).
+    call.at(62_000, TurnInput::CallHeld { held: false });
+    call.run_until(69_980);
+    assert!(call.log.is_empty(), "{:?}", call.log);
+    call.run_until(70_000);
+    assert_eq!(call.times_of(&Out::IdlePrompt), [70_000]);
+}

@@ -34,7 +34,7 @@ async fn start_server(connect_timeout: Duration) -> Server {
     let (events_tx, events) = mpsc::unbounded_channel();
     let factory = move |_request: &CallRequest| {
         let conversation = scripted_conversation(&["Hello."], &["Hi."])
-            .map_err(|error| CallRefused(error.to_string()))?;
+            .map_err(|error| CallRefused::unavailable(error.to_string()))?;
         Ok(CallSetup {
             media: pcmu_media(),
             link: Some(conversation.link),

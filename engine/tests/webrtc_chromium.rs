@@ -144,7 +144,7 @@ async fn start_call(name: &str, max_call: Option<Duration>) -> Call {
     let (events_tx, events) = mpsc::unbounded_channel();
     let factory = move |_request: &CallRequest| {
         let conversation = scripted_conversation(&[BOOK_TABLE], &[REPLY])
-            .map_err(|error| CallRefused(error.to_string()))?;
+            .map_err(|error| CallRefused::unavailable(error.to_string()))?;
         let mut media = pcmu_media();
         media.turns.max_call_duration = max_call;
         Ok(CallSetup {

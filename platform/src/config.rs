@@ -2,7 +2,7 @@
 //! then environment variables, then command-line flags (each overriding the
 //! one before).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use serde::Deserialize;
@@ -86,6 +86,10 @@ pub struct Config {
     /// Allow webhook deliveries to loopback and private addresses (tests,
     /// the local demo). Off by default.
     pub allow_private_webhooks: bool,
+    /// The address WebRTC calls' media binds and offers to browsers as its
+    /// ICE candidate: one the browsers can reach (default loopback, for a
+    /// browser on this machine).
+    pub webrtc_ip: IpAddr,
 }
 
 impl Default for Config {
@@ -102,6 +106,7 @@ impl Default for Config {
             trunk_numbers: Vec::new(),
             sip: SipSettings::default(),
             allow_private_webhooks: false,
+            webrtc_ip: IpAddr::from([127, 0, 0, 1]),
         }
     }
 }
@@ -152,6 +157,9 @@ impl Config {
         }
         if let Some(v) = var("CALLINGBOX_CARRIER") {
             self.carrier = v;
+        }
+        if let Some(v) = var("CALLINGBOX_WEBRTC_IP") {
+            self.webrtc_ip = parsed("CALLINGBOX_WEBRTC_IP", v)?;
         }
         if let Some(v) = var("CALLINGBOX_ALLOW_PRIVATE_WEBHOOKS") {
             self.allow_private_webhooks = parsed("CALLINGBOX_ALLOW_PRIVATE_WEBHOOKS", v)?;

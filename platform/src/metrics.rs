@@ -72,7 +72,13 @@ pub struct Metrics {
     pub tts_ttfb: Histogram,
     /// Calls that failed on a provider.
     pub provider_errors: AtomicU64,
+    /// The last [`RECENT_TURNS`] turns' figures, newest last (for the demo's
+    /// and the benchmarks' exact percentiles; a lock per turn, not per frame).
+    recent: std::sync::Mutex<std::collections::VecDeque<TurnMetrics>>,
 }
+
+/// How many turns [`Metrics::recent_turns`] keeps.
+pub const RECENT_TURNS: usize = 1_000;
 
 impl Metrics {
     /// Records one turn's latencies.
@@ -90,6 +96,24 @@ impl Metrics {
         if let Some(d) = turn.tts_ttfb {
             self.tts_ttfb.observe_ms(ms(d));
         }
+        let mut recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if recent.len() == RECENT_TURNS {
+            recent.pop_front();
+        }
+        recent.push_back(*turn);
+    }
+
+    /// The figures of the last turns this process ran, oldest first.
+    pub fn recent_turns(&self) -> Vec<TurnMetrics> {
+        self.recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect()
     }
 
     /// The exposition text.

@@ -9,12 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use axum::serve::ListenerExt as _;
 use callingbox_engine::session::MediaWorker;
+use callingbox_engine::transport::media_stream::{self, MediaStreamServer};
 use callingbox_engine::transport::sip::{
     IncomingCall, LocalCarrier, Route, SipCallFactory, SipCallRefused, SipCallSetup, SipConfig,
     SipServer,
 };
 use callingbox_engine::transport::spawn_worker_thread;
+use callingbox_engine::transport::webrtc::{self, WebRtcConfig, WebRtcServer};
 use callingbox_engine::vad::VadBatch;
 
 use crate::api::{self, AppState};
@@ -24,6 +27,7 @@ use crate::config::Config;
 use crate::dispatch::engine::{EngineTelephony, SpeechStack};
 use crate::dispatch::extraction::Extractor;
 use crate::dispatch::inbound::InboundRouter;
+use crate::dispatch::web::WebCallRouter;
 use crate::dispatch::{CallLauncher, Dispatcher};
 use crate::lifecycle;
 use crate::store::Store;
@@ -41,6 +45,8 @@ pub struct Node {
     pub carrier: LocalCarrier,
     /// The calls' dispatcher.
     pub dispatcher: Arc<Dispatcher>,
+    /// The process's counters (turn latencies, provider errors).
+    pub metrics: Arc<crate::metrics::Metrics>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     shutdown: tokio::sync::watch::Sender<bool>,
     webhooks: crate::webhooks::worker::WorkerHandle,
@@ -89,6 +95,7 @@ pub async fn start_node(
         tracing::warn!(reason, "Silero VAD unavailable: using the energy detector");
     }
     let (worker, _thread) = spawn_worker_thread(MediaWorker::new(vad, None), "media-worker")?;
+    let web_worker = worker.clone();
 
     let mut sip_config = SipConfig::new(config.sip.listen);
     sip_config.rtp_ports = config.sip.rtp_ports.0..=config.sip.rtp_ports.1;
@@ -115,7 +122,7 @@ pub async fn start_node(
         extractor,
         Arc::clone(&metrics),
     );
-    let _ = router.set(InboundRouter::new(
+    let inbound = InboundRouter::new(
         store.clone(),
         Arc::clone(&clock),
         pricing,
@@ -123,7 +130,19 @@ pub async fn start_node(
         stack,
         Arc::clone(&dispatcher),
         sip.dialer(),
-    ));
+    );
+    // Media streams and browsers reach the same agents beside the API.
+    let web = WebCallRouter::new(&inbound, config.node_id.clone());
+    let _ = router.set(inbound);
+    let web_calls = media_stream::router(MediaStreamServer::new(web_worker.clone(), web.clone()))
+        .merge(webrtc::router(WebRtcServer::new(
+            web_worker,
+            web,
+            WebRtcConfig {
+                candidate_ip: config.webrtc_ip,
+                ..WebRtcConfig::default()
+            },
+        )));
     tokio::spawn(async move {
         if let Err(err) = sip.run().await {
             tracing::error!(%err, "the SIP server stopped");
@@ -163,7 +182,13 @@ pub async fn start_node(
         .with_context(|| format!("binding the API on {}", config.listen))?;
     let api_addr = listener.local_addr()?;
     let (shutdown, mut shutdown_rx) = tokio::sync::watch::channel(false);
-    let app = api::router(state);
+    let node_metrics = Arc::clone(&state.metrics);
+    let app = api::router(state).merge(web_calls);
+    // Media-stream frames must leave as they are sent, not wait for the
+    // peer's delayed ACK (best effort: a socket that refuses still works).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -177,6 +202,7 @@ pub async fn start_node(
         store,
         carrier,
         dispatcher,
+        metrics: node_metrics,
         server,
         shutdown,
         webhooks,

@@ -1,7 +1,8 @@
 //! `callingbox demo`, the README's first command, end to end: a real call
 //! between two engines on loopback SIP, with the local speech providers
-//! (Whisper hears the callee's recorded fixtures, the local LLM answers,
-//! Piper speaks), the transcript printed live and the final call JSON.
+//! (Whisper hears the callee's recorded fixtures, the local LLM answers and
+//! calls the agent's HTTP tool, Piper speaks), the transcript printed live
+//! and the final call JSON.
 
 use std::process::Command;
 
@@ -35,6 +36,13 @@ fn the_demo_places_a_real_call_and_prints_the_transcript_and_result() {
     );
     let agent_turns = stdout.lines().filter(|l| l.starts_with("agent : ")).count();
     assert!(agent_turns >= 2, "the agent answered each turn: {stdout}");
+    // The local model called the agent's HTTP tool, with a day for its
+    // argument (its server prints each request it served).
+    let tool_calls: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("tool  : check_delivery_slots {\"day\":"))
+        .collect();
+    assert!(!tool_calls.is_empty(), "no tool was called: {stdout}");
     // The final JSON.
     let json_start = stdout.find("\n{").map(|i| i + 1).unwrap_or(0);
     let call: serde_json::Value =

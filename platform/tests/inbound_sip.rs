@@ -14,6 +14,7 @@
 //! line when `sipp` is not installed (`./dev setup` installs it).
 
 mod common;
+mod node_support;
 mod webhooks_support;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -22,26 +23,14 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use callingbox::clock::{Clock, MonotonicClock};
-use callingbox::config::{Config, SipSettings};
-use callingbox::dispatch::engine::SpeechStack;
-use callingbox::dispatch::extraction::{Extractor, ModelExtractor};
-use callingbox::dispatch::speech::StructuredModel;
-use callingbox::node::{Node, start_node};
-use callingbox::store::{keys, orgs};
-use callingbox_engine::codecs::SampleRate;
-use callingbox_engine::providers::scripted::{
-    LlmLatency, ScriptMatch, ScriptRule, ScriptedAsr, ScriptedLlm, ScriptedTts, TtsLatency,
-};
+use callingbox_engine::providers::{LlmEvent, LlmProvider, LlmRequest, ProviderError};
 use common::database_urls;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use node_support::{AGENT_ANSWERS, CALLER_SAYS, scripted_stack, start, start_with};
 use serde_json::{Value, json};
 use webhooks_support::Receiver;
 
-/// What the caller's recording says (`statement_book_table`), as the
-/// scripted recognizer hears it.
-const CALLER_SAYS: &str =
-    "I'd like to book a table for four people tomorrow at seven in the evening.";
-const AGENT_ANSWERS: &str = "Of course, a table for four tomorrow at seven. See you then!";
 const CALLER_ID: &str = "+12125550147";
 
 fn sipp_installed() -> bool {
@@ -59,153 +48,6 @@ fn fixtures(dir: &str) -> PathBuf {
 fn free_udp_port() -> u16 {
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
     socket.local_addr().expect("addr").port()
-}
-
-/// Scripted providers: the recognizer hears [`CALLER_SAYS`] when the
-/// caller's audio is speech, the LLM answers [`AGENT_ANSWERS`], the voice
-/// is a tone; extraction answers `{"party_size": 4}`.
-fn scripted_stack() -> (SpeechStack, Arc<dyn Extractor>) {
-    let llm = ScriptedLlm::new(
-        vec![
-            ScriptRule::when(ScriptMatch::Turn(0)).reply(AGENT_ANSWERS),
-            ScriptRule::when(ScriptMatch::Always).reply("Okay."),
-        ],
-        LlmLatency {
-            time_to_first_token: Duration::from_millis(200),
-            tokens_per_second: 50,
-        },
-    );
-    let tts = ScriptedTts::new(
-        SampleRate::Hz16000,
-        TtsLatency {
-            time_to_first_byte: Duration::from_millis(100),
-            real_time_factor: 0.1,
-            speech_per_char: Duration::from_millis(40),
-        },
-    );
-    let asr = ScriptedAsr::new(
-        vec![CALLER_SAYS.to_owned()],
-        Duration::from_millis(150),
-        Duration::from_millis(250),
-    );
-    let stack = SpeechStack {
-        llm: Arc::new(llm),
-        tts: Arc::new(tts),
-        asr: Arc::new(asr),
-        end_of_turn_model: false,
-    };
-    let json_model = ScriptedLlm::new(Vec::new(), LlmLatency::default())
-        .with_json_reply(json!({"party_size": 4}));
-    let extractor: Arc<dyn Extractor> =
-        Arc::new(ModelExtractor::new(StructuredModel(Arc::new(json_model))));
-    (stack, extractor)
-}
-
-/// A node as `serve` starts it (loopback API and SIP on free ports) and
-/// an API key of a fresh organization with $100.
-struct TestNode {
-    node: Node,
-    base: String,
-    key: String,
-    org_id: String,
-    config: Config,
-    http: reqwest::Client,
-}
-
-async fn start(url: &str, rtp_ports: (u16, u16)) -> TestNode {
-    let config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        database_url: url.to_owned(),
-        node_id: "inbound-test".into(),
-        sip: SipSettings {
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            rtp_ports,
-        },
-        allow_private_webhooks: true,
-        ..Config::default()
-    };
-    let (stack, extractor) = scripted_stack();
-    let node = start_node(&config, stack, extractor)
-        .await
-        .expect("the node starts");
-    let now = MonotonicClock::default().now();
-    let mut tx = node.store.begin().await.expect("tx");
-    let org = orgs::create(&mut tx, "inbound test", 10_000_000, now)
-        .await
-        .expect("org");
-    let (_, key) = keys::create(&mut tx, &org.id, "test", None, now)
-        .await
-        .expect("key");
-    tx.commit().await.expect("commit");
-    TestNode {
-        base: format!("http://{}", node.api),
-        node,
-        key,
-        org_id: org.id,
-        config,
-        http: reqwest::Client::new(),
-    }
-}
-
-impl TestNode {
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.key);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("the API answers");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    /// Buys `count` local numbers; returns (id, E.164) of each.
-    async fn buy_numbers(&self, count: usize) -> Vec<(String, String)> {
-        let (status, found) = self
-            .call(
-                "GET",
-                &format!("/v1/numbers/available?area_code=415&limit={count}"),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "{found}");
-        let mut bought = Vec::new();
-        for offer in found.as_array().expect("offers") {
-            let e164 = offer["phone_number"].as_str().expect("number").to_owned();
-            let (status, number) = self
-                .call(
-                    "POST",
-                    "/v1/numbers/purchase",
-                    Some(json!({"phone_number": e164})),
-                )
-                .await;
-            assert_eq!(status, 201, "{number}");
-            bought.push((number["id"].as_str().expect("id").to_owned(), e164));
-        }
-        bought
-    }
-
-    async fn inbound_calls(&self) -> Vec<Value> {
-        let (status, list) = self.call("GET", "/v1/calls?direction=inbound", None).await;
-        assert_eq!(status, 200, "{list}");
-        list["data"].as_array().expect("data").clone()
-    }
-
-    async fn balance(&self) -> (i64, i64) {
-        let mut conn = self.node.store.pool().acquire().await.expect("conn");
-        let org = orgs::get(&mut conn, &self.org_id)
-            .await
-            .expect("reads")
-            .expect("org");
-        (org.balance_milli_cents, org.held_milli_cents)
-    }
 }
 
 /// What SIPp did, and what the kernel queued on its RTP socket(s).
@@ -500,6 +342,84 @@ async fn an_unknown_number_gets_404_and_a_number_without_an_agent_gets_480() {
         // Refused calls are not recorded, hold nothing and cost nothing.
         assert!(t.inbound_calls().await.is_empty(), "{backend}");
         assert_eq!(t.balance().await.1, 0, "{backend}");
+        t.node.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
+/// A chat model whose service is down.
+struct ModelDown;
+
+impl LlmProvider for ModelDown {
+    fn stream_chat(&self, _: LlmRequest) -> BoxStream<'static, Result<LlmEvent, ProviderError>> {
+        futures::stream::iter([Err(ProviderError::Unavailable(
+            "503 Service Unavailable".into(),
+        ))])
+        .boxed()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_is_down_hangs_up_the_call_and_records_a_provider_error() {
+    if !sipp_installed() {
+        skip("a_model_that_is_down_hangs_up_the_call_and_records_a_provider_error");
+        return;
+    }
+    for (backend, url) in database_urls().await {
+        let (mut stack, extractor) = scripted_stack();
+        stack.llm = Arc::new(ModelDown);
+        let t = start_with(&url, (43_200, 43_299), stack, extractor).await;
+        let receiver = Receiver::start().await;
+        let numbers = t.buy_numbers(1).await;
+        let (number_id, number) = &numbers[0];
+        let (status, agent) = t
+            .call(
+                "POST",
+                "/v1/agents",
+                Some(json!({
+                    "name": "front desk", "type": "inbound",
+                    "instructions": "Take table bookings.",
+                    "webhook_url": receiver.url("/hooks"),
+                    "number_ids": [number_id],
+                })),
+            )
+            .await;
+        assert_eq!(status, 201, "{agent}");
+
+        // The caller speaks; the model fails on its turn; the node must
+        // hang up (the scenario fails unless a BYE comes within 20 s).
+        let run = run_sipp(t.node.sip, "uac_caller_hung_up_on.xml", number).await;
+        assert_eq!(
+            run.output.status.code(),
+            Some(0),
+            "{backend}: the node did not hang up: {}",
+            describe(&run.output)
+        );
+        let mut call = Value::Null;
+        for _ in 0..200 {
+            if let Some(found) = t.inbound_calls().await.first()
+                && found["status"] == "failed"
+            {
+                call = found.clone();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(call.is_object(), "{backend}: {:?}", t.inbound_calls().await);
+        assert_eq!(call["error_code"], "provider_error", "{call}");
+        let message = call["error_message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with("the language model failed") && message.contains("503"),
+            "{backend}: {message}"
+        );
+        // A call our provider broke is not charged.
+        assert_eq!(call["reservation_status"], "released", "{call}");
+        assert_eq!(call["billing_amount_milli_cents"], 0, "{call}");
+        assert_eq!(call["hangup_cause"], "local_hangup", "{call}");
+        let hits = receiver
+            .wait_for("/hooks", 3, Duration::from_secs(10))
+            .await;
+        let last = hits.last().map(|h| h.json()["type"].clone());
+        assert_eq!(last, Some(json!("call.failed")), "{backend}");
         t.node.shutdown(Duration::from_secs(5)).await;
     }
 }

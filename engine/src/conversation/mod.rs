@@ -29,7 +29,8 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Instant;
 use crate::codecs::PcmFrame;
 use crate::events::{
-    CallEvent, CallStatus, EndedBy, EventSender, Role, SegmentSource, TurnMetrics, duration_ms,
+    CallEvent, CallStatus, EndedBy, EventSender, ProviderRole, Role, SegmentSource, TurnMetrics,
+    duration_ms,
 };
 use crate::providers::{ChatMessage, LlmProvider, TtsProvider};
 use crate::tools::http::HttpToolRunner;
@@ -88,7 +89,14 @@ pub struct AgentConfig {
     pub nominal_speech_per_char: Duration,
     /// The HTTP client for tools (shares a connection pool); a default one if `None`.
     pub http_client: Option<reqwest::Client>,
+    /// The longest the model may take to its first event, or between two
+    /// events, before it counts as failed and the call ends with the error
+    /// (a caller must never be left in silence by a hung provider).
+    pub llm_timeout: Duration,
 }
+
+/// The `reason` of [`CallEvent::Ended`] after a provider failed.
+pub const PROVIDER_FAILED: &str = "provider_failed";
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -100,6 +108,7 @@ impl Default for AgentConfig {
             min_words_before_comma: 5,
             nominal_speech_per_char: Duration::from_millis(60),
             http_client: None,
+            llm_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -170,6 +179,7 @@ enum Command {
     Say(String),
     Resume,
     HangUp(EndedBy, String),
+    ProviderFailed(ProviderRole, String),
     Shutdown,
 }
 
@@ -268,6 +278,12 @@ impl AgentHandle {
     /// Ends the call from outside (the caller hung up, a limit was hit).
     pub fn hang_up(&self, by: EndedBy, reason: &str) {
         self.send(Command::HangUp(by, reason.to_owned()));
+    }
+
+    /// A provider outside the loop (the recognizer) failed for good: report
+    /// it and end the call.
+    pub fn provider_failed(&self, provider: ProviderRole, error: &str) {
+        self.send(Command::ProviderFailed(provider, error.to_owned()));
     }
 
     /// The chat history as the model will see it next.
@@ -445,6 +461,11 @@ impl AgentLoop {
                 self.end(by, &reason);
                 return false;
             }
+            Command::ProviderFailed(provider, error) => {
+                self.interrupt(None);
+                self.fail(provider, error);
+                return false;
+            }
             Command::Shutdown => return false,
         }
         true
@@ -564,6 +585,7 @@ impl AgentLoop {
             cancel: self.cancel.clone(),
             max_tool_rounds: self.config.max_tool_rounds,
             min_words_before_comma: self.config.min_words_before_comma,
+            llm_timeout: self.config.llm_timeout,
             reply_id,
             tools_running: Arc::clone(&self.tools_running),
             user_text: user.text.clone(),
@@ -746,6 +768,10 @@ impl AgentLoop {
             });
         }
         self.emit_metrics(&active.user, active.committed_at, active.index, &marks);
+        if let Some((provider, error)) = outcome.failure {
+            self.fail(provider, error);
+            return false;
+        }
         if outcome.end_call {
             self.end(EndedBy::Agent, "end_call");
             return false;
@@ -766,6 +792,16 @@ impl AgentLoop {
         }
         let metrics = turn_metrics(user, committed_at, marks);
         self.events.send(CallEvent::TurnMetrics { turn, metrics });
+    }
+
+    /// Reports a provider's failure and ends the call.
+    fn fail(&self, provider: ProviderRole, error: String) {
+        self.events.send(CallEvent::ProviderFailed {
+            provider,
+            error,
+            at_ms: self.events.ms_since_start(self.clock.now()),
+        });
+        self.end(EndedBy::System, PROVIDER_FAILED);
     }
 
     fn end(&self, by: EndedBy, reason: &str) {

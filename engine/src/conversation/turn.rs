@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use super::clauses::ClauseSplitter;
 use super::{CallClock, OutboundFrame};
 use crate::clock::Instant;
-use crate::events::{CallEvent, EventSender, ToolOutcome, duration_ms};
+use crate::events::{CallEvent, EventSender, ProviderRole, ToolOutcome, duration_ms};
 use crate::providers::{
     ChatMessage, LlmEvent, LlmProvider, LlmRequest, ProviderError, ToolCallRequest, TtsProvider,
 };
@@ -115,13 +115,17 @@ pub(super) struct TurnProgress {
     pub round_messages: Vec<Option<usize>>,
     /// Milestones.
     pub marks: TurnMarks,
+    /// A provider failed during the turn (the first failure wins).
+    pub failure: Option<(ProviderRole, String)>,
 }
 
 /// How a turn ended on its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct TurnOutcome {
     /// The agent called `end_call` and its last words have been played.
     pub end_call: bool,
+    /// A provider failed: the call cannot go on.
+    pub failure: Option<(ProviderRole, String)>,
 }
 
 /// Everything a turn needs.
@@ -139,6 +143,9 @@ pub(super) struct TurnContext {
     pub cancel: CancellationToken,
     pub max_tool_rounds: usize,
     pub min_words_before_comma: usize,
+    /// The longest wait for the model's next event (its first, or the next
+    /// one mid-stream) before it counts as failed.
+    pub llm_timeout: Duration,
     pub reply_id: u64,
     /// HTTP tools running now (the media side mutes the caller during tools
     /// when the agent asks for it).
@@ -195,7 +202,16 @@ pub(super) async fn run_turn(ctx: TurnContext, first: TimedLlmStream) -> TurnOut
     if let Some(end) = playout_end {
         tokio::time::sleep_until(ctx.clock.to_tokio(end)).await;
     }
-    TurnOutcome { end_call }
+    let failure = lock(&ctx.shared).progress.failure.clone();
+    TurnOutcome { end_call, failure }
+}
+
+/// Records that `provider` failed during this turn.
+fn fail(ctx: &TurnContext, provider: ProviderRole, error: String) {
+    lock(&ctx.shared)
+        .progress
+        .failure
+        .get_or_insert((provider, error));
 }
 
 /// The model side: rounds of LLM streaming and tool calls. Returns whether
@@ -221,7 +237,22 @@ async fn think(
         let mut splitter = ClauseSplitter::new(ctx.min_words_before_comma);
         let mut text = String::new();
         let mut calls: Vec<ToolCallRequest> = Vec::new();
-        while let Some((at, event)) = stream.next().await {
+        let mut failed = false;
+        loop {
+            let (at, event) = match tokio::time::timeout(ctx.llm_timeout, stream.next()).await {
+                Ok(Some(next)) => next,
+                Ok(None) => break,
+                Err(_) => {
+                    failed = true;
+                    let waited = ctx.llm_timeout.as_secs_f32();
+                    fail(
+                        ctx,
+                        ProviderRole::Llm,
+                        format!("no answer within {waited:.1} s"),
+                    );
+                    break;
+                }
+            };
             match event {
                 Ok(LlmEvent::Token(token)) => {
                     mark(ctx, |m| m.first_token_at.get_or_insert(at));
@@ -232,16 +263,22 @@ async fn think(
                     mark(ctx, |m| m.first_token_at.get_or_insert(at));
                     calls.push(call);
                 }
-                // A failing model ends the round with what it said so far.
-                Ok(LlmEvent::Done) | Err(_) => break,
+                Ok(LlmEvent::Done) => break,
+                // What it said so far is still spoken; then the call ends.
+                Err(error) => {
+                    failed = true;
+                    fail(ctx, ProviderRole::Llm, error.to_string());
+                    break;
+                }
             }
             send_clauses(ctx, round, &mut clauses, &clause_tx);
         }
         drop(stream);
         clauses.extend(splitter.finish());
         send_clauses(ctx, round, &mut clauses, &clause_tx);
-        if !offer_tools {
-            // Tools were not offered this round; a call anyway is not run.
+        if !offer_tools || failed {
+            // Tools were not offered this round (a call anyway is not run),
+            // or the model failed mid-answer (its calls may be cut off).
             calls.clear();
         }
 
@@ -468,8 +505,16 @@ async fn synthesize(
         }
         let mut audio = ctx.tts.synthesize(&text);
         while let Some(frame) = audio.next().await {
-            // A failing voice skips the rest of this clause, not the turn.
-            let Ok(frame) = frame else { break };
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(error) => {
+                    // The caller would hear nothing more: stop the turn's
+                    // voice and let the call end with the error.
+                    fail(ctx, ProviderRole::Tts, error.to_string());
+                    let _ = voiced_tx.send(Voiced::ClauseEnd(meter));
+                    return;
+                }
+            };
             if !first_frame_seen {
                 first_frame_seen = true;
                 let now = ctx.clock.now();

@@ -235,16 +235,25 @@ impl DeepgramAsr {
         &self,
         cancel: CancellationToken,
     ) -> Result<(AsrSession, AsrOutcome), ProviderError> {
-        let url = self.config.listen_url()?;
-        let (audio_tx, audio_rx) = mpsc::channel(self.config.audio_queue_frames.max(1));
+        self.open_with_config(Arc::clone(&self.config), cancel)
+    }
+
+    fn open_with_config(
+        &self,
+        config: Arc<DeepgramConfig>,
+        cancel: CancellationToken,
+    ) -> Result<(AsrSession, AsrOutcome), ProviderError> {
+        let url = config.listen_url()?;
+        let (audio_tx, audio_rx) = mpsc::channel(config.audio_queue_frames.max(1));
         let (event_tx, event_rx) = mpsc::unbounded_channel();
         let (outcome_tx, outcome_rx) = oneshot::channel();
-        let frame_bytes = self.config.sample_rate.samples_per_ms() * 2 * 20;
-        let backlog_limit = (self.config.sample_rate.samples_per_ms() as u128
+        let frame_bytes = config.sample_rate.samples_per_ms() * 2 * 20;
+        let backlog_limit = (config.sample_rate.samples_per_ms() as u128
             * 2
-            * self.config.reconnect_buffer.as_millis()) as usize;
+            * config.reconnect_buffer.as_millis()) as usize;
+        let failure_tx = event_tx.clone();
         let worker = Worker {
-            config: Arc::clone(&self.config),
+            config,
             url,
             audio: audio_rx,
             events: event_tx,
@@ -256,6 +265,12 @@ impl DeepgramAsr {
         };
         tokio::spawn(async move {
             let outcome = worker.run().await;
+            if let Err(error) = &outcome {
+                // Reconnecting gave up: the call must hear of it.
+                let _ = failure_tx.send(AsrEvent::Failed {
+                    error: error.to_string(),
+                });
+            }
             let _ = outcome_tx.send(outcome);
         });
         Ok((
@@ -268,6 +283,18 @@ impl DeepgramAsr {
 impl AsrProvider for DeepgramAsr {
     fn open(&self, cancel: CancellationToken) -> Result<AsrSession, ProviderError> {
         self.open_with_outcome(cancel).map(|(session, _)| session)
+    }
+
+    /// Deepgram takes the call's BCP-47 tag as its `language` parameter.
+    fn open_in(
+        &self,
+        language: &str,
+        cancel: CancellationToken,
+    ) -> Result<AsrSession, ProviderError> {
+        let mut config = (*self.config).clone();
+        config.language = language.to_owned();
+        self.open_with_config(Arc::new(config), cancel)
+            .map(|(session, _)| session)
     }
 }
 

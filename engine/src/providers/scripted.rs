@@ -427,6 +427,11 @@ impl ScriptedAsr {
 const SILENCE_PEAK: i16 = 200;
 
 impl AsrProvider for ScriptedAsr {
+    /// A script "hears" its utterances in any language.
+    fn open_in(&self, _: &str, cancel: CancellationToken) -> Result<AsrSession, ProviderError> {
+        self.open(cancel)
+    }
+
     fn open(&self, cancel: CancellationToken) -> Result<AsrSession, ProviderError> {
         let (audio_tx, mut audio_rx) = mpsc::channel::<PooledFrame>(256);
         let (event_tx, event_rx) = mpsc::unbounded_channel();

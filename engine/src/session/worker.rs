@@ -17,7 +17,7 @@ use super::media::{CallMedia, CallMediaConfig, CallMediaError, MediaEvent, TURN_
 use crate::audio::OutboundPacket;
 use crate::clock::Instant;
 use crate::conversation::{AgentHandle, OutboundFrame, Played, UserTurn};
-use crate::events::{EndedBy, SegmentSource};
+use crate::events::{EndedBy, ProviderRole, SegmentSource};
 use crate::providers::{AsrEvent, AsrSession};
 use crate::vad::{StreamHandle, VadBatch, VadError};
 
@@ -210,6 +210,20 @@ impl MediaWorker {
         Ok(())
     }
 
+    /// The peer of `key` held (`true`) or resumed the call at `now`.
+    pub fn set_held(
+        &mut self,
+        now: std::time::Instant,
+        key: CallKey,
+        held: bool,
+    ) -> Result<(), WorkerError> {
+        let index = self.slot_index(key).ok_or(WorkerError::UnknownCall)?;
+        let slot = self.slots[index].as_mut().ok_or(WorkerError::UnknownCall)?;
+        slot.media
+            .set_held(Instant::from_std(slot.epoch, now), held);
+        Ok(())
+    }
+
     /// VAD inferences that failed (their windows counted as silence).
     pub fn vad_failures(&self) -> u64 {
         self.vad_failures
@@ -297,6 +311,9 @@ impl MediaWorker {
                             slot.media.on_transcript(call_now, &text, false)
                         }
                         AsrEvent::Final { text } => slot.media.on_transcript(call_now, &text, true),
+                        AsrEvent::Failed { error } => {
+                            link.agent.provider_failed(ProviderRole::Asr, &error)
+                        }
                     }
                 }
             }
@@ -407,6 +424,7 @@ fn act_on(link: &ConversationLink, event: &MediaEvent) {
         }
         MediaEvent::ResumeAgent => link.agent.resume(),
         MediaEvent::IdlePrompt => link.agent.say(IDLE_PROMPT),
+        MediaEvent::LeaveVoicemail { text, .. } => link.agent.say(text),
         _ => {}
     }
 }

@@ -856,6 +856,8 @@ pub async fn serve_socket(mut socket: WebSocket, server: MediaStreamServer) -> E
     let mut session = MediaStreamSession::new();
     let mut call: Option<ActiveCall> = None;
     let reason = loop {
+        // A token clone is a reference count, not an allocation.
+        let hang_up = call.as_ref().map(|call| call.cancel.clone());
         let step = tokio::select! {
             biased;
             output = next_output(&mut call) => match output {
@@ -863,6 +865,8 @@ pub async fn serve_socket(mut socket: WebSocket, server: MediaStreamServer) -> E
                 // The worker dropped the call's channel: it is gone.
                 None => Step::End(EndReason::Refused("the media worker stopped".into())),
             },
+            // The application hung up (the agent's end_call, a limit).
+            () = hung_up(hang_up.as_ref()) => Step::End(EndReason::HungUp),
             message = socket.recv() => match message {
                 Some(Ok(Message::Text(text))) => {
                     on_text(&mut socket, &mut session, &server, &mut call, text.as_str()).await
@@ -887,6 +891,14 @@ pub async fn serve_socket(mut socket: WebSocket, server: MediaStreamServer) -> E
         end_call(&server, call, &reason, session.stats()).await;
     }
     reason
+}
+
+/// Resolves when the application cancels the call; pending while there is no call.
+async fn hung_up(token: Option<&CancellationToken>) {
+    match token {
+        Some(token) => token.cancelled().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The call's next output; pending while there is no call.
@@ -966,7 +978,16 @@ async fn on_text(
                 Step::Continue
             }
             Err(refused) => {
-                close(socket, close_code::INTERNAL, "call refused").await;
+                // A close reason holds 123 bytes at most (RFC 6455, 5.5).
+                let mut why = format!("call refused: {refused}");
+                if why.len() > 120 {
+                    let mut cut = 120;
+                    while !why.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    why.truncate(cut);
+                }
+                close(socket, close_code::INTERNAL, &why).await;
                 Step::End(EndReason::Refused(refused))
             }
         },
@@ -992,7 +1013,7 @@ async fn open_call(server: &MediaStreamServer, start: &StreamStart) -> Result<Ac
     let setup = server
         .factory
         .open_call(start)
-        .map_err(|refused| refused.0)?;
+        .map_err(|refused| refused.reason)?;
     let CallSetup {
         media,
         link,

@@ -14,6 +14,7 @@
 //! calling over WebRTC (Opus both ways).
 
 pub mod media_stream;
+pub mod rtcp;
 pub mod rtp;
 pub mod sip;
 pub mod webrtc;
@@ -37,8 +38,30 @@ pub const TICK: Duration = Duration::from_millis(20);
 
 /// The application refusing a call (media-stream and WebRTC transports).
 #[derive(Debug, Error)]
-#[error("call refused: {0}")]
-pub struct CallRefused(pub String);
+#[error("call refused: {reason}")]
+pub struct CallRefused {
+    /// The HTTP status that says why (401 bad key, 404 no such agent, 402
+    /// calls paused, 503 cannot take it now); WebRTC answers the offer with
+    /// it, the media stream closes its socket.
+    pub status: u16,
+    /// Why, for the caller's developer.
+    pub reason: String,
+}
+
+impl CallRefused {
+    /// A refusal with this HTTP status.
+    pub fn new(status: u16, reason: impl Into<String>) -> Self {
+        CallRefused {
+            status,
+            reason: reason.into(),
+        }
+    }
+
+    /// The call cannot be taken now (503).
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        CallRefused::new(503, reason)
+    }
+}
 
 /// A call as the application sets it up, for a transport whose call events
 /// are `E` (each transport names its own: `media_stream::CallSetup`,
@@ -53,7 +76,9 @@ pub struct CallSetup<E> {
     pub epoch: std::time::Instant,
     /// Where the transport reports the call's events.
     pub events: Option<mpsc::UnboundedSender<E>>,
-    /// Cancelled when the call ends (for the application's per-call tasks).
+    /// Cancelled by the transport when the call ends (for the
+    /// application's per-call tasks); the application cancels it to hang
+    /// up (the agent called `end_call`, the call hit its maximum length).
     pub cancel: tokio_util::sync::CancellationToken,
 }
 
@@ -170,6 +195,10 @@ enum Command {
         key: CallKey,
         reply: oneshot::Sender<Option<ConversationLink>>,
     },
+    Hold {
+        key: CallKey,
+        held: bool,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -201,6 +230,7 @@ impl std::fmt::Debug for Command {
             Command::Add { .. } => f.write_str("Add"),
             Command::Packet { key, .. } => write!(f, "Packet({key:?})"),
             Command::Remove { key, .. } => write!(f, "Remove({key:?})"),
+            Command::Hold { key, held } => write!(f, "Hold({key:?}, {held})"),
         }
     }
 }
@@ -244,6 +274,14 @@ impl WorkerHandle {
             .await
             .map_err(|_| HostError::WorkerGone)?;
         answer.await.map_err(|_| HostError::WorkerGone)
+    }
+
+    /// Tells the call's turn machine the peer held (`true`) or resumed it.
+    pub async fn set_held(&self, key: CallKey, held: bool) -> Result<(), HostError> {
+        self.commands
+            .send(Command::Hold { key, held })
+            .await
+            .map_err(|_| HostError::WorkerGone)
     }
 
     /// Calls on the worker now.
@@ -369,6 +407,10 @@ async fn run_worker(
                         let link = worker.remove_call(key).ok().flatten();
                         counters.live_calls.store(worker.len(), Ordering::Relaxed);
                         let _ = reply.send(link);
+                    }
+                    Command::Hold { key, held } => {
+                        // A hold racing its call's removal changes nothing.
+                        let _ = worker.set_held(now, key, held);
                     }
                 }
             }

@@ -22,6 +22,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::rtcp::{self, REPORT_MAX, RtcpSession, RtcpStats};
+use super::sip::reinvite::MediaUpdate;
 use super::{CallOutput, WirePacket, WorkerHandle};
 use crate::clock::Instant;
 use crate::session::{CallKey, MediaEvent};
@@ -232,8 +234,14 @@ pub struct RtpStats {
     pub sent: u64,
     /// Agent packets we could not send (socket error).
     pub send_errors: u64,
+    /// Agent packets not sent because the peer held the call.
+    pub held_dropped: u64,
+    /// Caller packets not handed to the agent while held (music on hold).
+    pub held_ignored: u64,
     /// The peer learned from the first packet (where we send).
     pub peer: Option<SocketAddr>,
+    /// RTCP: reports sent and received, loss, jitter and round-trip time.
+    pub rtcp: RtcpStats,
 }
 
 /// What one datagram was.
@@ -256,6 +264,9 @@ pub struct RtpReceiver {
     /// The timestamp and code of the last event reported: its end packet
     /// is sent three times (RFC 4733, section 2.5.1.4) and must count once.
     last_event: Option<(u32, u8)>,
+    /// The last packet of the peer's stream accepted, for RTCP's
+    /// reception statistics: SSRC, sequence, timestamp, audio or not.
+    last_accepted: Option<(u32, u16, u32, bool)>,
     stats: RtpStats,
 }
 
@@ -268,6 +279,7 @@ impl RtpReceiver {
             event_payload_type,
             peer: None,
             last_event: None,
+            last_accepted: None,
             stats: RtpStats::default(),
         }
     }
@@ -282,6 +294,30 @@ impl RtpReceiver {
         RtpStats {
             peer: self.peer,
             ..self.stats
+        }
+    }
+
+    /// The last packet of the peer's stream accepted since the previous
+    /// call (SSRC, sequence, timestamp, and whether it was audio), for the
+    /// RTCP reception statistics; events and unused payload types count
+    /// in the sequence space too.
+    pub fn take_accepted(&mut self) -> Option<(u32, u16, u32, bool)> {
+        self.last_accepted.take()
+    }
+
+    /// Forgets the learned peer: after a re-INVITE moved the stream, the
+    /// next packet (from the new address) is the peer.
+    pub fn forget_peer(&mut self) {
+        self.peer = None;
+    }
+
+    /// Counts an agent packet dropped (`outgoing`) or a caller packet
+    /// ignored while the call is held.
+    pub fn count_held(&mut self, outgoing: bool) {
+        if outgoing {
+            self.stats.held_dropped += 1;
+        } else {
+            self.stats.held_ignored += 1;
         }
     }
 
@@ -311,6 +347,8 @@ impl RtpReceiver {
             }
             Some(_) => {}
         }
+        let audio = packet.payload_type == self.audio_payload_type;
+        self.last_accepted = Some((packet.ssrc, packet.sequence, packet.timestamp, audio));
         if Some(packet.payload_type) == self.event_payload_type {
             self.stats.event_packets += 1;
             return self.on_event(&packet);
@@ -370,6 +408,21 @@ impl RtpPorts {
     /// Binds a socket on the next free even port of the range (odd ones are
     /// RTCP's by convention), starting after the last one given out.
     pub fn bind(&self) -> std::io::Result<std::net::UdpSocket> {
+        self.bind_even(false).map(|(rtp, _)| rtp)
+    }
+
+    /// Like [`bind`](Self::bind), and also binds the RTCP socket on the
+    /// port above (RFC 3550 section 11), even past the range's end; an
+    /// even port whose neighbour is taken is passed over while another
+    /// pair is free, and the call goes without RTCP (`None`) if none is.
+    pub fn bind_pair(&self) -> std::io::Result<(std::net::UdpSocket, Option<std::net::UdpSocket>)> {
+        self.bind_even(true).or_else(|_| self.bind_even(false))
+    }
+
+    fn bind_even(
+        &self,
+        with_rtcp: bool,
+    ) -> std::io::Result<(std::net::UdpSocket, Option<std::net::UdpSocket>)> {
         let (low, high) = (*self.range.start(), *self.range.end());
         let first_even = low + (low % 2);
         if first_even > high {
@@ -384,6 +437,20 @@ impl RtpPorts {
         for step in 0..count {
             let port = first_even + ((offset + step) % count) * 2;
             if let Ok(socket) = std::net::UdpSocket::bind(SocketAddr::new(self.ip, port)) {
+                let rtcp = if with_rtcp {
+                    let Some(rtcp_port) = port.checked_add(1) else {
+                        continue;
+                    };
+                    match std::net::UdpSocket::bind(SocketAddr::new(self.ip, rtcp_port)) {
+                        Ok(rtcp) => {
+                            rtcp.set_nonblocking(true)?;
+                            Some(rtcp)
+                        }
+                        Err(_) => continue,
+                    }
+                } else {
+                    None
+                };
                 let next = if port.saturating_add(2) > high {
                     first_even
                 } else {
@@ -391,7 +458,7 @@ impl RtpPorts {
                 };
                 self.next.store(next, Ordering::Relaxed);
                 socket.set_nonblocking(true)?;
-                return Ok(socket);
+                return Ok((socket, rtcp));
             }
         }
         Err(std::io::Error::new(
@@ -408,6 +475,8 @@ pub enum RtpEvent {
     Media(MediaEvent),
     /// A DTMF key from an RFC 4733 event.
     Digit(char),
+    /// The peer held (`true`) or resumed the call.
+    Held(bool),
 }
 
 /// Why [`run_rtp`] returned.
@@ -441,6 +510,51 @@ pub struct RtpCall {
     /// A copy of each agent packet sent (call recording, tests); a full
     /// channel drops copies, never delays the call.
     pub tap: Option<mpsc::Sender<WirePacket>>,
+    /// The call's RTCP, if it has any.
+    pub rtcp: Option<RtcpLink>,
+    /// Hold, resume and moves of the peer's address (re-INVITEs).
+    pub control: Option<mpsc::UnboundedReceiver<MediaUpdate>>,
+}
+
+/// A call's RTCP as [`run_rtp`] runs it.
+#[derive(Debug)]
+pub struct RtcpLink {
+    /// The RTCP socket (RTP port + 1), or `None` under rtcp-mux (RFC 5761:
+    /// RTCP shares the RTP socket).
+    pub socket: Option<UdpSocket>,
+    /// Counts, schedules, writes and reads the reports.
+    pub session: RtcpSession,
+}
+
+/// Where reports go: under rtcp-mux wherever the RTP goes (the peer
+/// learned from its RTP, RFC 5761 with symmetric RTP), else the RTCP
+/// session's own choice.
+fn rtcp_destination(session: &RtcpSession, muxed: bool, receiver: &RtpReceiver) -> SocketAddr {
+    match receiver.peer() {
+        Some(peer) if muxed => peer,
+        _ => session.destination(),
+    }
+}
+
+/// The next media update, or never once there are none.
+async fn next_update(
+    control: Option<&mut mpsc::UnboundedReceiver<MediaUpdate>>,
+) -> Option<MediaUpdate> {
+    match control {
+        Some(control) => control.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Receives on `socket`, or never if there is none.
+async fn recv_or_pend(
+    socket: Option<&UdpSocket>,
+    buffer: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    match socket {
+        Some(socket) => socket.recv_from(buffer).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Drives one call's RTP until `stop` is cancelled, the worker hangs up,
@@ -448,32 +562,77 @@ pub struct RtpCall {
 /// events and digits; `epoch` is zero of the sender's clock. Returns why it
 /// ended and the counters.
 pub async fn run_rtp(
-    mut call: RtpCall,
+    call: RtpCall,
     worker: &WorkerHandle,
     stop: &CancellationToken,
     epoch: std::time::Instant,
     on_event: &mut (dyn FnMut(RtpEvent) + Send),
 ) -> (RtpEnd, RtpStats) {
+    let RtpCall {
+        socket,
+        mut remote,
+        key,
+        mut outputs,
+        mut sender,
+        mut receiver,
+        tap,
+        rtcp,
+        mut control,
+    } = call;
+    let mut held = false;
+    let (rtcp_socket, mut rtcp_session) = match rtcp {
+        Some(link) => (link.socket, Some(link.session)),
+        None => (None, None),
+    };
+    let muxed = rtcp_session.is_some() && rtcp_socket.is_none();
+    let mut rtcp_readable = rtcp_socket.is_some();
+    let now = || Instant::from_std(epoch, tokio::time::Instant::now().into_std());
+    let at = |instant: Instant| tokio::time::Instant::from_std(epoch + instant.since_epoch());
     let mut inbound = vec![0u8; DATAGRAM_MAX];
+    let mut rtcp_inbound = vec![0u8; DATAGRAM_MAX];
     let mut outbound = vec![0u8; RTP_HEADER_LEN + super::PACKET_MAX];
+    let mut report = vec![0u8; REPORT_MAX];
+    let far_future = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365);
+    let report_timer = tokio::time::sleep_until(
+        rtcp_session
+            .as_ref()
+            .map_or(far_future, |s| at(s.next_report())),
+    );
+    tokio::pin!(report_timer);
     let end = loop {
         tokio::select! {
             biased;
-            () = stop.cancelled() => break RtpEnd::Stopped,
-            output = call.outputs.recv() => match output {
+            () = stop.cancelled() => {
+                // What the worker reported before the stop (often what led
+                // to it: a hang-up, a decision) still reaches the application.
+                while let Ok(output) = outputs.try_recv() {
+                    if let CallOutput::Event(event) = output {
+                        on_event(RtpEvent::Media(event));
+                    }
+                }
+                break RtpEnd::Stopped;
+            }
+            output = outputs.recv() => match output {
                 None => break RtpEnd::WorkerGone,
+                Some(CallOutput::Packet(_)) if held => receiver.count_held(true),
                 Some(CallOutput::Packet(packet)) => {
-                    let now = Instant::from_std(epoch, tokio::time::Instant::now().into_std());
+                    let now = now();
                     let Some(length) =
-                        call.sender.write(now, packet.marker, packet.payload(), &mut outbound)
+                        sender.write(now, packet.marker, packet.payload(), &mut outbound)
                     else {
-                        call.receiver.count_sent(false);
+                        receiver.count_sent(false);
                         continue;
                     };
-                    let to = call.receiver.peer().unwrap_or(call.remote);
-                    let sent = call.socket.send_to(&outbound[..length], to).await.is_ok();
-                    call.receiver.count_sent(sent);
-                    if let Some(tap) = &call.tap {
+                    let to = receiver.peer().unwrap_or(remote);
+                    let sent = socket.send_to(&outbound[..length], to).await.is_ok();
+                    receiver.count_sent(sent);
+                    if sent && let Some(session) = rtcp_session.as_mut() {
+                        let timestamp = u32::from_be_bytes([
+                            outbound[4], outbound[5], outbound[6], outbound[7],
+                        ]);
+                        session.on_rtp_sent(now, timestamp, length - RTP_HEADER_LEN);
+                    }
+                    if let Some(tap) = &tap {
                         let _ = tap.try_send(packet);
                     }
                 }
@@ -485,29 +644,109 @@ pub async fn run_rtp(
                     }
                 }
             },
-            received = call.socket.recv_from(&mut inbound) => match received {
-                Ok((length, from)) => match call.receiver.receive(from, &inbound[..length]) {
-                    RtpReceived::Audio(packet) => {
-                        if let Some(wire) = WirePacket::new(
-                            packet.sequence,
-                            packet.timestamp,
-                            packet.marker,
-                            packet.payload,
-                        ) {
-                            worker.push_packet(call.key, wire);
+            received = socket.recv_from(&mut inbound) => match received {
+                Ok((length, from)) => {
+                    let datagram = &inbound[..length];
+                    if muxed && rtcp::is_rtcp(datagram) {
+                        if let Some(session) = rtcp_session.as_mut() {
+                            let _ = session.receive(now(), from, datagram);
                         }
+                        continue;
                     }
-                    RtpReceived::Digit(digit) => on_event(RtpEvent::Digit(digit)),
-                    RtpReceived::Dropped => {}
-                },
+                    match receiver.receive(from, datagram) {
+                        // Music on hold is not the caller speaking.
+                        RtpReceived::Audio(_) if held => receiver.count_held(false),
+                        RtpReceived::Audio(packet) => {
+                            if let Some(wire) = WirePacket::new(
+                                packet.sequence,
+                                packet.timestamp,
+                                packet.marker,
+                                packet.payload,
+                            ) {
+                                worker.push_packet(key, wire);
+                            }
+                        }
+                        RtpReceived::Digit(digit) => on_event(RtpEvent::Digit(digit)),
+                        RtpReceived::Dropped => {}
+                    }
+                    if let (Some(session), Some((ssrc, sequence, timestamp, audio))) =
+                        (rtcp_session.as_mut(), receiver.take_accepted())
+                    {
+                        session.on_rtp_received(now(), ssrc, sequence, timestamp, audio);
+                    }
+                }
                 // ICMP port unreachable surfaces as an error on Linux: the
                 // peer is not listening yet; keep the call.
                 Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {}
                 Err(_) => break RtpEnd::SocketFailed,
             },
+            received = recv_or_pend(rtcp_socket.as_ref(), &mut rtcp_inbound), if rtcp_readable => {
+                // A failing RTCP socket never ends the call: ICMP
+                // unreachable (the peer does no RTCP) is skipped, anything
+                // else stops reading it.
+                match (received, rtcp_session.as_mut()) {
+                    (Ok((length, from)), Some(session)) => {
+                        let _ = session.receive(now(), from, &rtcp_inbound[..length]);
+                    }
+                    (Err(error), _) if error.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                    (Err(_), _) => rtcp_readable = false,
+                    (Ok(_), None) => {}
+                }
+            }
+            update = next_update(control.as_mut()) => match update {
+                None => control = None,
+                Some(update) => {
+                    if update.remote_rtp != remote {
+                        // Symmetric RTP starts over on the new address.
+                        remote = update.remote_rtp;
+                        receiver.forget_peer();
+                    }
+                    if let Some(session) = rtcp_session.as_mut()
+                        && !muxed
+                    {
+                        session.set_remote(update.remote_rtcp);
+                    }
+                    if update.held != held {
+                        held = update.held;
+                        let _ = worker.set_held(key, held).await;
+                        on_event(RtpEvent::Held(held));
+                    }
+                }
+            },
+            () = &mut report_timer, if rtcp_session.is_some() => {
+                if let Some(session) = rtcp_session.as_mut() {
+                    let now = now();
+                    if let Some(length) = session.poll_report(now, &mut report) {
+                        let to = rtcp_destination(session, muxed, &receiver);
+                        let out = rtcp_socket.as_ref().unwrap_or(&socket);
+                        if out.send_to(&report[..length], to).await.is_err() {
+                            session.count_send_error();
+                        }
+                    }
+                    report_timer.as_mut().reset(at(session.next_report()));
+                }
+            }
         }
     };
-    (end, call.receiver.stats())
+    let mut stats = receiver.stats();
+    if let Some(mut session) = rtcp_session {
+        // RFC 3550 6.3.7: a member of a small session may send its BYE at once.
+        if let Some(length) = session.write_bye(now(), &mut report) {
+            let out = rtcp_socket.as_ref().unwrap_or(&socket);
+            if out
+                .send_to(
+                    &report[..length],
+                    rtcp_destination(&session, muxed, &receiver),
+                )
+                .await
+                .is_err()
+            {
+                session.count_send_error();
+            }
+        }
+        stats.rtcp = session.stats();
+    }
+    (end, stats)
 }
 
 #[cfg(test)]

@@ -172,6 +172,8 @@ pub struct TurnMachine {
     speculative_text: String,
     committed_text: String,
     idle: Option<IdleClock>,
+    /// The peer holds the call: no idle prompt or hang-up.
+    held: bool,
     pending: [Pending; OUTPUT_CAPACITY],
     pending_len: usize,
     dropped_outputs: u64,
@@ -199,6 +201,7 @@ impl TurnMachine {
             speculative_text: String::with_capacity(TEXT_CAPACITY),
             committed_text: String::with_capacity(TEXT_CAPACITY),
             idle: None,
+            held: false,
             pending: [Pending::DiscardSpeculation; OUTPUT_CAPACITY],
             pending_len: 0,
             dropped_outputs: 0,
@@ -282,6 +285,16 @@ impl TurnMachine {
                 self.idle = None;
             }
             TurnInput::ToolFinished => self.tools_running = self.tools_running.saturating_sub(1),
+            TurnInput::CallHeld { held } => {
+                self.held = held;
+                if !held && let Some(idle) = &mut self.idle {
+                    // The silence that counts starts at the resume.
+                    *idle = IdleClock {
+                        since: now,
+                        prompted: false,
+                    };
+                }
+            }
             TurnInput::Tick => {}
         }
     }
@@ -680,6 +693,7 @@ impl TurnMachine {
 
     fn evaluate_idle(&mut self, now: Instant) {
         if self.ended
+            || self.held
             || self.user != UserState::Silent
             || self.agent_speaking
             || self.tools_running > 0

@@ -82,6 +82,14 @@ pub enum TurnInput<'a> {
     ToolStarted,
     /// A tool call finished.
     ToolFinished,
+    /// The peer put the call on hold (`true`, a re-INVITE with
+    /// `sendonly`/`inactive`) or resumed it: silence while held is not the
+    /// caller leaving, so the idle prompt and hang-up wait; the count
+    /// starts over at the resume.
+    CallHeld {
+        /// On hold now.
+        held: bool,
+    },
     /// A 20 ms frame passed: let timers fire.
     Tick,
 }
@@ -109,6 +117,11 @@ pub enum HangupReason {
     IdleTimeout,
     /// The call reached `max_call_duration`.
     MaxDuration,
+    /// An answering machine answered and the call hangs up on it
+    /// ([`crate::amd::MachineAction::HangUp`]).
+    AnsweringMachine,
+    /// The voicemail message was left (or could not be).
+    VoicemailLeft,
 }
 
 /// What the turn machine asks the driver to do. Text borrows the machine's

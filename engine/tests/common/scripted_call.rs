@@ -95,5 +95,6 @@ pub fn pcmu_media() -> CallMediaConfig {
             use_end_of_turn_model: false,
             ..TurnConfig::default()
         },
+        answering_machine: None,
     }
 }

@@ -225,8 +225,13 @@ impl SipCallFactory for SimulatedCallee {
             }
             cancel.cancel();
         });
+        // A patient callee: it never asks "are you still there?" (its voice
+        // has no recording of that) and waits a minute for a slow agent.
+        let mut media = call_media(false);
+        media.turns.idle_prompt_after = None;
+        media.turns.idle_hangup_after = Some(Duration::from_secs(60));
         Ok(SipCallSetup {
-            media: call_media(false),
+            media,
             link: Some(ConversationLink {
                 agent,
                 asr,

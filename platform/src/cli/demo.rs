@@ -14,6 +14,7 @@ use axum::routing::post;
 use callingbox::clock::{Clock, MonotonicClock};
 use callingbox::config::Config;
 use callingbox::store::{keys, orgs};
+use callingbox_engine::events::TurnMetrics;
 use callingbox_engine::session::MediaWorker;
 use callingbox_engine::transport::sip::{SipConfig, SipServer};
 use callingbox_engine::transport::spawn_worker_thread;
@@ -45,7 +46,10 @@ pub struct DemoOptions {
 async fn tool_server() -> Result<SocketAddr> {
     async fn slots(Json(args): Json<Value>) -> Json<Value> {
         let day = args["day"].as_str().unwrap_or("Monday").to_owned();
-        Json(json!({"day": day, "slots": ["9:00 to 11:00", "11:00 to 13:00"]}))
+        let answer = json!({"day": day, "slots": ["9:00 to 11:00", "11:00 to 13:00"]});
+        // The model's tool call, as the tool's server received it over HTTP.
+        println!("tool  : check_delivery_slots {args} -> {answer}");
+        Json(answer)
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -202,6 +206,8 @@ pub async fn run(options: DemoOptions) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     println!("{}", serde_json::to_string_pretty(&final_call)?);
+    // The agent's side of the call (the callee's engine is another node's).
+    eprintln!("{}", latency_summary(&node.metrics.recent_turns()));
     node.shutdown(Duration::from_secs(5)).await;
     let _ = std::fs::remove_dir_all(&data);
     if final_call["status"] != "completed" {
@@ -212,6 +218,31 @@ pub async fn run(options: DemoOptions) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One line of the turns' latencies: p50 and max per stage, in ms.
+fn latency_summary(turns: &[TurnMetrics]) -> String {
+    let stage = |name: &str, pick: fn(&TurnMetrics) -> Option<Duration>| {
+        let mut ms: Vec<u128> = turns
+            .iter()
+            .filter_map(pick)
+            .map(|d| d.as_millis())
+            .collect();
+        ms.sort_unstable();
+        match (ms.get(ms.len() / 2), ms.last()) {
+            (Some(p50), Some(max)) => format!("{name} p50 {p50} max {max}"),
+            _ => format!("{name} -"),
+        }
+    };
+    format!(
+        "==> turn latency, ms, over {} agent turns: {}; {}; {}; {}; {}",
+        turns.len(),
+        stage("voice_to_voice", |t| t.voice_to_voice),
+        stage("endpointing", |t| t.end_of_utterance_delay),
+        stage("transcription", |t| t.transcription_delay),
+        stage("llm_first_token", |t| t.llm_ttft),
+        stage("tts_first_byte", |t| t.tts_ttfb),
+    )
 }
 
 struct Api {

@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
+use callingbox_engine::session::{CallMediaConfig, ConversationLink};
 use callingbox_engine::transport::sip::{
-    IncomingCall, SipCallFactory, SipCallRefused, SipCallSetup, SipDialer,
+    IncomingCall, SipCallFactory, SipCallRefused, SipCallSetup, SipDialer, SipEvent,
 };
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
@@ -23,14 +24,111 @@ use crate::store::{Store, StoreError, agents, ledger, new_id, numbers};
 
 /// Answers the INVITEs of the numbers in the store.
 pub struct InboundRouter {
-    store: Store,
-    clock: SharedClock,
-    pricing: Pricing,
+    line: LineStarter,
     node_id: String,
-    stack: SpeechStack,
-    dispatcher: Arc<Dispatcher>,
     dialer: SipDialer,
-    runtime: tokio::runtime::Handle,
+}
+
+/// What every inbound transport (SIP, media streams, WebRTC) shares once
+/// its call is recorded: the conversation, the dispatcher's record of the
+/// call, and the task that follows the line until it ends.
+#[derive(Clone)]
+pub(super) struct LineStarter {
+    pub store: Store,
+    pub clock: SharedClock,
+    pub pricing: Pricing,
+    pub stack: SpeechStack,
+    pub dispatcher: Arc<Dispatcher>,
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// A recorded call's conversation, for the transport's call setup.
+pub(super) struct StartedLine {
+    /// The agent loop, recognizer and agent audio.
+    pub link: ConversationLink,
+    /// The agent loop's clock zero.
+    pub epoch: std::time::Instant,
+    /// The media settings (G.711; transports with their own codecs override).
+    pub media: CallMediaConfig,
+}
+
+impl LineStarter {
+    /// Starts `call`'s conversation and follows its line (`line`: the
+    /// transport's events as SIP events) until it ends; `hang_up` ends the
+    /// call from our side. `done` is cancelled once everything stopped.
+    /// On failure the call is finished as failed and the status to refuse
+    /// the transport with is returned.
+    pub fn start(
+        &self,
+        call: &Call,
+        line: mpsc::UnboundedReceiver<SipEvent>,
+        done: CancellationToken,
+        hang_up: impl Fn() + Send + 'static,
+    ) -> Result<StartedLine, (u16, &'static str)> {
+        let finish_failed = |message: String| {
+            let (store, pricing, clock, id) = (
+                self.store.clone(),
+                self.pricing,
+                Arc::clone(&self.clock),
+                call.id.clone(),
+            );
+            self.runtime.spawn(async move {
+                let outcome = lifecycle::Outcome::failed("provider_error", &message);
+                let _ = lifecycle::finish(&store, &pricing, &id, outcome, clock.now()).await;
+            });
+        };
+        let plan = match CallPlan::from_call(call, self.pricing.max_call_duration()) {
+            Ok(plan) => plan,
+            Err(err) => {
+                finish_failed(format!("the call's tools are invalid: {err}"));
+                return Err((500, "cannot plan the call"));
+            }
+        };
+        let conversation = match self.stack.start_conversation(&plan) {
+            Ok(conversation) => conversation,
+            Err(message) => {
+                finish_failed(message);
+                return Err((503, "speech providers unavailable"));
+            }
+        };
+        let (line_tx, line_rx) = mpsc::unbounded_channel();
+        let cancel = self
+            .dispatcher
+            .run(call.id.clone(), Some(InboundLine { events: line_rx }));
+        let asr_cancel = conversation.cancel;
+        let agent_events = conversation.events;
+        let max_duration = plan.max_duration;
+        self.runtime.spawn(async move {
+            let end = follow(line, agent_events, &line_tx, &cancel, max_duration, hang_up).await;
+            asr_cancel.cancel();
+            done.cancel();
+            let _ = line_tx.send(super::LineEvent::Ended(end));
+        });
+        Ok(StartedLine {
+            link: conversation.link,
+            epoch: conversation.epoch,
+            media: call_media(self.stack.end_of_turn_model),
+        })
+    }
+}
+
+/// Fills `new` from the agent that answers it.
+pub(super) fn apply_agent(new: &mut NewCall, agent: &agents::Agent) {
+    new.agent_id = Some(agent.id.clone());
+    new.persona = Some(
+        agent
+            .persona
+            .clone()
+            .unwrap_or_else(|| lifecycle::DEFAULT_PERSONA.into()),
+    );
+    new.instructions = Some(agent.instructions.clone());
+    new.prompt = lifecycle::render_prompt(agent.persona.as_deref(), &agent.instructions);
+    new.returns = agent.returns.clone();
+    new.language = agent.language.clone();
+    new.voice = agent.voice.clone();
+    new.tools = agent.tools.clone();
+    new.voicemail_action = agent.voicemail_action.clone();
+    new.webhook_url = agent.webhook_url.clone();
 }
 
 impl std::fmt::Debug for InboundRouter {
@@ -62,25 +160,38 @@ impl InboundRouter {
         dialer: SipDialer,
     ) -> Self {
         InboundRouter {
-            store,
-            clock,
-            pricing,
+            line: LineStarter {
+                store,
+                clock,
+                pricing,
+                stack,
+                dispatcher,
+                runtime: tokio::runtime::Handle::current(),
+            },
             node_id,
-            stack,
-            dispatcher,
             dialer,
-            runtime: tokio::runtime::Handle::current(),
         }
     }
 
+    /// What a web-call router needs to start lines like this one.
+    pub(super) fn line_starter(&self) -> LineStarter {
+        self.line.clone()
+    }
+
     async fn record(&self, dialled: &str, caller: &str) -> Result<Call, Refusal> {
-        let number = numbers::find_active_any_org(&self.store, dialled)
+        let LineStarter {
+            store,
+            clock,
+            pricing,
+            ..
+        } = &self.line;
+        let number = numbers::find_active_any_org(store, dialled)
             .await
             .map_err(Refusal::Store)?
             .ok_or(Refusal::NoSuchNumber)?;
         let org_id = number.org_id.clone();
-        let now = self.clock.now();
-        let mut tx = self.store.begin().await.map_err(Refusal::Store)?;
+        let now = clock.now();
+        let mut tx = store.begin().await.map_err(Refusal::Store)?;
         let agent = match &number.inbound_agent_id {
             Some(id) => agents::get(&mut tx, &org_id, id)
                 .await
@@ -107,30 +218,13 @@ impl InboundRouter {
             voicemail_action: "hangup".into(),
             webhook_url: None,
             metadata: Map::new(),
-            hold_milli_cents: self.pricing.call_hold(),
+            hold_milli_cents: pricing.call_hold(),
             idempotency_key: None,
             request_fingerprint: None,
             node_id: Some(self.node_id.clone()),
         };
         match agent {
-            Some(agent) if agent.archived_at.is_none() => {
-                new.agent_id = Some(agent.id.clone());
-                new.persona = Some(
-                    agent
-                        .persona
-                        .clone()
-                        .unwrap_or_else(|| lifecycle::DEFAULT_PERSONA.into()),
-                );
-                new.instructions = Some(agent.instructions.clone());
-                new.prompt =
-                    lifecycle::render_prompt(agent.persona.as_deref(), &agent.instructions);
-                new.returns = agent.returns.clone();
-                new.language = agent.language.clone();
-                new.voice = agent.voice.clone();
-                new.tools = agent.tools.clone();
-                new.voicemail_action = agent.voicemail_action.clone();
-                new.webhook_url = agent.webhook_url.clone();
-            }
+            Some(agent) if agent.archived_at.is_none() => apply_agent(&mut new, &agent),
             _ if number.inbound_enabled => {
                 new.prompt = number.inbound_prompt.clone().unwrap_or_default();
                 new.returns = number
@@ -201,8 +295,9 @@ impl SipCallFactory for InboundRouter {
         // The SIP task waits for one indexed lookup and insert (sub-ms on
         // SQLite, a round trip on PostgreSQL); block_in_place keeps the
         // other tasks of the runtime running meanwhile.
-        let recorded =
-            tokio::task::block_in_place(|| self.runtime.block_on(self.record(&dialled, &caller)));
+        let recorded = tokio::task::block_in_place(|| {
+            self.line.runtime.block_on(self.record(&dialled, &caller))
+        });
         let call = match recorded {
             Ok(call) => call,
             Err(Refusal::NoSuchNumber) => {
@@ -223,64 +318,21 @@ impl SipCallFactory for InboundRouter {
                 return Err(Self::refuse(500, "cannot record the call"));
             }
         };
-        let call_id = call.id.clone();
-        let finish_failed = |message: String| {
-            let (store, pricing, clock, id) = (
-                self.store.clone(),
-                self.pricing,
-                Arc::clone(&self.clock),
-                call_id.clone(),
-            );
-            self.runtime.spawn(async move {
-                let outcome = lifecycle::Outcome::failed("provider_error", &message);
-                let _ = lifecycle::finish(&store, &pricing, &id, outcome, clock.now()).await;
-            });
-        };
-        let plan = match CallPlan::from_call(&call, self.pricing.max_call_duration()) {
-            Ok(plan) => plan,
-            Err(err) => {
-                finish_failed(format!("the call's tools are invalid: {err}"));
-                return Err(Self::refuse(500, "cannot plan the call"));
-            }
-        };
-        let conversation = match self.stack.start_conversation(&plan) {
-            Ok(conversation) => conversation,
-            Err(message) => {
-                finish_failed(message);
-                return Err(Self::refuse(503, "speech providers unavailable"));
-            }
-        };
         let (sip_tx, sip_rx) = mpsc::unbounded_channel();
-        let (line_tx, line_rx) = mpsc::unbounded_channel();
-        let call_cancel = CancellationToken::new();
-        let cancel = self
-            .dispatcher
-            .run(call_id.clone(), Some(InboundLine { events: line_rx }));
-        let asr_cancel = conversation.cancel;
-        let agent_events = conversation.events;
-        let max_duration = plan.max_duration;
-        let done = call_cancel.clone();
+        let done = CancellationToken::new();
         let (dialer, sip_call) = (self.dialer.clone(), incoming.call);
-        self.runtime.spawn(async move {
-            let end = follow(
-                sip_rx,
-                agent_events,
-                &line_tx,
-                &cancel,
-                max_duration,
-                || dialer.hang_up(sip_call),
-            )
-            .await;
-            asr_cancel.cancel();
-            done.cancel();
-            let _ = line_tx.send(super::LineEvent::Ended(end));
-        });
+        let started = self
+            .line
+            .start(&call, sip_rx, done.clone(), move || {
+                dialer.hang_up(sip_call)
+            })
+            .map_err(|(status, reason)| Self::refuse(status, reason))?;
         Ok(SipCallSetup {
-            media: call_media(self.stack.end_of_turn_model),
-            link: Some(conversation.link),
-            epoch: conversation.epoch,
+            media: started.media,
+            link: Some(started.link),
+            epoch: started.epoch,
             events: Some(sip_tx),
-            cancel: call_cancel,
+            cancel: done,
             tap: None,
         })
     }

@@ -14,6 +14,7 @@ pub mod inbound;
 pub mod plan;
 pub mod recorder;
 pub mod speech;
+pub mod web;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

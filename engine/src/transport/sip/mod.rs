@@ -1,4 +1,4 @@
-//! SIP over UDP: real SIP peers (PBXs, trunks, softphones) call the engine.
+//! SIP over UDP and TCP: real SIP peers (PBXs, trunks, softphones) call the engine.
 //!
 //! - [`sdp`]: the offer/answer of the call's audio (PCMU/PCMA, DTMF events).
 //! - [`message`]: the SIP message parser and response builder.
@@ -30,13 +30,25 @@
 //! digest authentication ([`digest`]); numbers of the embedded default live
 //! on the [`carrier::LocalCarrier`]. [`outcome`] maps how a call ended to
 //! the status the control plane stores.
+//!
+//! In a call: RTCP reports both ways ([`rtcp`](super::rtcp), on RTP port + 1
+//! or muxed when offered; loss, jitter and RTT end in the call's
+//! [`RtpStats`]); re-INVITEs hold, resume and move the media
+//! ([`reinvite`]); session timers are negotiated, refreshed and enforced
+//! ([`session_timer`]). Beside the calls: a TCP listener on the SIP port
+//! ([`tcp`]) and, if configured, the registration at a trunk's registrar
+//! ([`register`], un-registered by [`SipServer::run_until`]'s stop).
 
 pub mod carrier;
 pub mod digest;
 pub mod message;
 pub mod outbound;
 pub mod outcome;
+pub mod register;
+pub mod reinvite;
 pub mod sdp;
+pub mod session_timer;
+pub mod tcp;
 pub mod uac;
 pub mod uas;
 
@@ -48,11 +60,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::rtp::{RtpCall, RtpEnd, RtpEvent, RtpPorts, RtpReceiver, RtpSender, RtpStats, run_rtp};
+use super::rtp::{
+    RtcpLink, RtpCall, RtpEnd, RtpEvent, RtpPorts, RtpReceiver, RtpSender, RtpStats, run_rtp,
+};
 use super::{CallSpec, WirePacket, WorkerHandle};
 use crate::clock::Instant;
 use crate::events::EndedBy;
@@ -62,11 +76,27 @@ pub use digest::Credentials;
 use message::SipMessage;
 pub use outbound::{DialError, DialedCall, OutboundCall, Route, SipDialer, SipTrunk};
 pub use outcome::{CallOutcome, CallResult, call_outcome};
+pub use register::{RegistrationConfig, RegistrationStatus};
+pub use reinvite::MediaUpdate;
 pub use uac::{SipUac, UacConfig, UacEnd, UacOutput};
 pub use uas::{CallEnd, IncomingCall, SipCallId, SipUas, UasConfig, UasOutput};
 
 /// The longest SIP datagram read.
 const DATAGRAM_MAX: usize = 16 * 1024;
+
+/// Open TCP and TLS connections at most; more are closed at once (a
+/// flood of connections must not exhaust the process).
+const TCP_CONNECTIONS_MAX: usize = 4_096;
+
+/// How long an outbound call over TCP waits for its connection.
+const TCP_CONNECT_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a TLS client has to finish its handshake.
+const TLS_HANDSHAKE_WAIT: Duration = Duration::from_secs(10);
+
+/// How long [`SipServer::run_until`] waits for the registrar to confirm
+/// the un-REGISTER before it returns anyway.
+pub const UNREGISTER_WAIT: Duration = Duration::from_secs(5);
 
 /// How the SIP server listens and answers.
 #[derive(Debug, Clone)]
@@ -82,6 +112,15 @@ pub struct SipConfig {
     pub numbers: Vec<String>,
     /// Ringing time before the 200 OK.
     pub answer_after: Duration,
+    /// Session timers of inbound calls (RFC 4028).
+    pub session_timer: session_timer::SessionTimerConfig,
+    /// Register our address at a trunk's registrar (RFC 3261 10), if it
+    /// needs to know where to send our calls.
+    pub register: Option<register::RegistrationConfig>,
+    /// Also listen for SIP over TCP on the same address and port.
+    pub tcp: bool,
+    /// Also listen for SIP over TLS, where a certificate is configured.
+    pub tls: Option<tcp::SipTls>,
 }
 
 impl SipConfig {
@@ -93,6 +132,10 @@ impl SipConfig {
             rtp_ports: 40_000..=40_999,
             numbers: Vec::new(),
             answer_after: Duration::ZERO,
+            session_timer: session_timer::SessionTimerConfig::default(),
+            register: None,
+            tcp: true,
+            tls: None,
         }
     }
 }
@@ -167,6 +210,9 @@ pub enum SipEnd {
     NoResponse,
     /// Outbound: the 200 OK carried no SDP answer we can use; we sent BYE.
     BadAnswer,
+    /// The session timer ran out (RFC 4028): no refresh came, or ours
+    /// failed; we sent BYE.
+    SessionExpired,
 }
 
 /// What the transport reports about a call.
@@ -191,6 +237,13 @@ pub enum SipEvent {
     Dtmf {
         /// `0`-`9`, `*`, `#`, `A`-`D`.
         digit: char,
+    },
+    /// The peer put the call on hold (`held`, by a re-INVITE with
+    /// `sendonly`/`inactive`: the agent is silent and hears nothing) or
+    /// resumed it.
+    Hold {
+        /// On hold now.
+        held: bool,
     },
     /// The call is over and everything it started has stopped.
     Ended {
@@ -245,6 +298,9 @@ pub struct SipServer {
     commands: mpsc::UnboundedSender<outbound::Command>,
     command_rx: mpsc::UnboundedReceiver<outbound::Command>,
     load: SipLoad,
+    registration: watch::Sender<RegistrationStatus>,
+    tcp: Option<TcpListener>,
+    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
 }
 
 impl std::fmt::Debug for SipServer {
@@ -276,6 +332,16 @@ impl SipServer {
                 ));
             }
         };
+        // SIP over TCP on the same port (RFC 3261 18: UAs listen on both).
+        let tcp = if config.tcp {
+            Some(TcpListener::bind(local).await?)
+        } else {
+            None
+        };
+        let tls = match &config.tls {
+            Some(tls) => Some((TcpListener::bind(tls.bind).await?, tcp::tls_acceptor(tls)?)),
+            None => None,
+        };
         let (commands, command_rx) = mpsc::unbounded_channel();
         Ok(SipServer {
             socket: Arc::new(socket),
@@ -287,7 +353,16 @@ impl SipServer {
             commands,
             command_rx,
             load: SipLoad::default(),
+            registration: watch::channel(RegistrationStatus::Unregistered).0,
+            tcp,
+            tls,
         })
+    }
+
+    /// The registration's status as it changes (always
+    /// [`RegistrationStatus::Unregistered`] without [`SipConfig::register`]).
+    pub fn registration(&self) -> watch::Receiver<RegistrationStatus> {
+        self.registration.subscribe()
     }
 
     /// The live counts of this server's calls, updated as it runs.
@@ -300,6 +375,13 @@ impl SipServer {
         self.local
     }
 
+    /// The TLS listener's address, if TLS is configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls
+            .as_ref()
+            .and_then(|(listener, _)| listener.local_addr().ok())
+    }
+
     /// Places outbound calls through this server once it [`run`](Self::run)s.
     pub fn dialer(&self) -> SipDialer {
         SipDialer {
@@ -310,9 +392,22 @@ impl SipServer {
 
     /// Serves calls until the SIP socket fails.
     pub async fn run(self) -> std::io::Result<()> {
+        self.run_until(CancellationToken::new()).await
+    }
+
+    /// Serves calls until `stop` is cancelled (then un-REGISTERs, waiting
+    /// at most [`UNREGISTER_WAIT`] for the registrar) or the socket fails.
+    pub async fn run_until(self, stop: CancellationToken) -> std::io::Result<()> {
+        let local = SocketAddr::new(self.advertised_ip, self.local.port());
+        let registration = self
+            .config
+            .register
+            .clone()
+            .map(|config| register::Registration::new(config, local, random_seed()));
         let mut uas_config = UasConfig::new(SocketAddr::new(self.advertised_ip, self.local.port()));
         uas_config.numbers = self.config.numbers.clone();
         uas_config.answer_after = self.config.answer_after;
+        uas_config.session_timer = self.config.session_timer;
         let uac_config = UacConfig::new(uas_config.local);
         let mut driver = Driver {
             uas: SipUas::new(uas_config, random_seed()),
@@ -329,8 +424,14 @@ impl SipServer {
             running: HashMap::new(),
             notices: mpsc::unbounded_channel(),
             load: self.load,
+            registration,
+            registration_status: self.registration,
+            tcp_listener: self.tcp,
+            tls: self.tls,
+            tcp_inbound: mpsc::unbounded_channel(),
+            tcp_connections: HashMap::new(),
         };
-        driver.run().await
+        driver.run(&stop).await
     }
 }
 
@@ -351,12 +452,14 @@ fn random_seed() -> u64 {
 struct PendingOutbound {
     setup: SipCallSetup,
     socket: std::net::UdpSocket,
+    rtcp_socket: Option<std::net::UdpSocket>,
 }
 
 /// A call set up at the INVITE, waiting for the ACK.
 struct PendingCall {
     setup: SipCallSetup,
     socket: std::net::UdpSocket,
+    rtcp_socket: Option<std::net::UdpSocket>,
     media: sdp::Negotiated,
 }
 
@@ -364,12 +467,22 @@ struct PendingCall {
 struct RunningCall {
     stop: CancellationToken,
     reason: oneshot::Sender<SipEnd>,
+    /// Re-INVITEs' changes for the call's RTP task.
+    control: mpsc::UnboundedSender<MediaUpdate>,
 }
 
 /// What call tasks tell the SIP task.
 enum Notice {
     /// The call's media ended; `hung_up` if the engine ended it (send BYE).
     Finished { call: SipCallId, hung_up: bool },
+    /// The TCP connection an outbound call over TCP waited for.
+    Connected {
+        // Boxed: notices are mostly `Finished`.
+        dial: Box<uac::Dial>,
+        setup: Box<SipCallSetup>,
+        reply: oneshot::Sender<Result<(SipCallId, String), DialError>>,
+        connected: std::io::Result<tokio::net::TcpStream>,
+    },
 }
 
 struct Driver {
@@ -394,6 +507,26 @@ struct Driver {
         mpsc::UnboundedReceiver<Notice>,
     ),
     load: SipLoad,
+    registration: Option<register::Registration>,
+    registration_status: watch::Sender<RegistrationStatus>,
+    tcp_listener: Option<TcpListener>,
+    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+    tcp_inbound: (
+        mpsc::UnboundedSender<tcp::TcpInbound>,
+        mpsc::UnboundedReceiver<tcp::TcpInbound>,
+    ),
+    /// Open TCP connections by peer, to write to.
+    tcp_connections: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>,
+}
+
+/// Accepts on `listener`, or never if there is none.
+async fn accept_or_pend(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Driver {
@@ -410,8 +543,12 @@ impl Driver {
         Instant::from_std(self.epoch, tokio::time::Instant::now().into_std())
     }
 
-    async fn run(&mut self) -> std::io::Result<()> {
+    async fn run(&mut self, stop: &CancellationToken) -> std::io::Result<()> {
         let mut buffer = vec![0u8; DATAGRAM_MAX];
+        if let Some(registration) = &mut self.registration {
+            registration.start(Instant::from_std(self.epoch, std::time::Instant::now()));
+        }
+        let mut stopping_since: Option<Instant> = None;
         loop {
             // Outputs can cause more (a failed media start hangs up): until none.
             loop {
@@ -419,16 +556,46 @@ impl Driver {
                     self.on_output(output).await;
                 } else if let Some(output) = self.uac.poll_output() {
                     self.on_uac_output(output).await;
+                } else if let Some(output) =
+                    self.registration.as_mut().and_then(|r| r.poll_output())
+                {
+                    match output {
+                        register::RegisterOutput::Transmit { to, bytes } => {
+                            self.send_sip(&bytes, to).await;
+                        }
+                        register::RegisterOutput::Status(status) => {
+                            self.registration_status.send_replace(status);
+                        }
+                    }
                 } else {
                     break;
                 }
             }
             self.publish_load();
-            let deadline = [self.uas.next_deadline(), self.uac.next_deadline()]
-                .into_iter()
-                .flatten()
-                .min()
-                .map(|at| tokio::time::Instant::from_std(self.epoch + at.since_epoch()));
+            if let Some(since) = stopping_since {
+                let done = self
+                    .registration
+                    .as_ref()
+                    .is_none_or(register::Registration::is_unregistered);
+                if done || self.now().saturating_since(since) >= UNREGISTER_WAIT {
+                    return Ok(());
+                }
+            }
+            let registration = self
+                .registration
+                .as_ref()
+                .and_then(register::Registration::next_deadline);
+            let give_up = stopping_since.map(|since| since + UNREGISTER_WAIT);
+            let deadline = [
+                self.uas.next_deadline(),
+                self.uac.next_deadline(),
+                registration,
+                give_up,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|at| tokio::time::Instant::from_std(self.epoch + at.since_epoch()));
             let timer = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -437,15 +604,7 @@ impl Driver {
             };
             tokio::select! {
                 received = self.socket.recv_from(&mut buffer) => match received {
-                    Ok((length, from)) => {
-                        let now = self.now();
-                        let bytes = &buffer[..length];
-                        let outbound = SipMessage::parse(bytes)
-                            .is_ok_and(|message| self.uac.handle_message(now, from, &message));
-                        if !outbound {
-                            self.uas.handle_datagram(now, from, bytes);
-                        }
-                    }
+                    Ok((length, from)) => self.on_message(from, &buffer[..length]),
                     // ICMP unreachable from an earlier send: not our socket's fault.
                     Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {}
                     Err(error) => return Err(error),
@@ -454,6 +613,54 @@ impl Driver {
                     let now = self.now();
                     self.uas.handle_timeout(now);
                     self.uac.handle_timeout(now);
+                    if let Some(registration) = &mut self.registration {
+                        registration.handle_timeout(now);
+                    }
+                }
+                accepted = accept_or_pend(self.tcp_listener.as_ref()) => {
+                    if let Ok((stream, peer)) = accepted
+                        && self.tcp_connections.len() < TCP_CONNECTIONS_MAX
+                    {
+                        let (outbound, outbound_rx) = mpsc::unbounded_channel();
+                        self.tcp_connections.insert(peer, outbound);
+                        let inbound = self.tcp_inbound.0.clone();
+                        tokio::spawn(tcp::serve_connection(stream, peer, inbound, outbound_rx));
+                    }
+                }
+                accepted = accept_or_pend(self.tls.as_ref().map(|(listener, _)| listener)) => {
+                    if let (Ok((stream, peer)), Some((_, acceptor))) = (accepted, &self.tls)
+                        && self.tcp_connections.len() < TCP_CONNECTIONS_MAX
+                    {
+                        let (outbound, outbound_rx) = mpsc::unbounded_channel();
+                        self.tcp_connections.insert(peer, outbound);
+                        let inbound = self.tcp_inbound.0.clone();
+                        let acceptor = acceptor.clone();
+                        tokio::spawn(async move {
+                            // A handshake that stalls must not hold the connection.
+                            let handshake = acceptor.accept(stream);
+                            match tokio::time::timeout(TLS_HANDSHAKE_WAIT, handshake).await {
+                                Ok(Ok(stream)) => {
+                                    tcp::serve_connection(stream, peer, inbound, outbound_rx).await;
+                                }
+                                _ => {
+                                    let _ = inbound.send(tcp::TcpInbound::Closed { from: peer });
+                                }
+                            }
+                        });
+                    }
+                }
+                Some(inbound) = self.tcp_inbound.1.recv() => match inbound {
+                    tcp::TcpInbound::Message { from, bytes } => self.on_message(from, &bytes),
+                    tcp::TcpInbound::Closed { from } => {
+                        self.tcp_connections.remove(&from);
+                    }
+                },
+                () = stop.cancelled(), if stopping_since.is_none() => {
+                    let now = self.now();
+                    stopping_since = Some(now);
+                    if let Some(registration) = &mut self.registration {
+                        registration.unregister(now);
+                    }
                 }
                 Some(notice) = self.notices.1.recv() => match notice {
                     Notice::Finished { call, hung_up } => {
@@ -467,28 +674,65 @@ impl Driver {
                             }
                         }
                     }
+                    Notice::Connected { dial, setup, reply, connected } => {
+                        self.on_connected(*dial, setup, reply, connected);
+                    }
                 },
                 Some(command) = self.commands.1.recv() => self.on_command(command),
             }
         }
     }
 
+    /// One SIP message from `from` (a UDP datagram or a framed TCP one):
+    /// the registration's, an outbound call's, or the UAS's.
+    fn on_message(&mut self, from: SocketAddr, bytes: &[u8]) {
+        let now = self.now();
+        let parsed = SipMessage::parse(bytes).ok();
+        let registered = match (&parsed, self.registration.as_mut()) {
+            (Some(message), Some(registration)) => registration.handle_response(now, message),
+            _ => false,
+        };
+        let outbound = !registered
+            && parsed
+                .as_ref()
+                .is_some_and(|message| self.uac.handle_message(now, from, message));
+        if !registered && !outbound {
+            self.uas.handle_datagram(now, from, bytes);
+        }
+    }
+
+    /// Sends a SIP message to `to`: on its TCP connection if it has one
+    /// open (responses go back the way their request came), else by UDP
+    /// (a lost datagram is what retransmissions are for).
+    async fn send_sip(&self, bytes: &[u8], to: SocketAddr) {
+        if let Some(connection) = self.tcp_connections.get(&to) {
+            let _ = connection.send(bytes.to_vec());
+            return;
+        }
+        let _ = self.socket.send_to(bytes, to).await;
+    }
+
     async fn on_output(&mut self, output: UasOutput) {
         match output {
             UasOutput::Transmit { to, bytes } => {
                 // UDP: a lost send is what retransmissions are for.
-                let _ = self.socket.send_to(&bytes, to).await;
+                self.send_sip(&bytes, to).await;
             }
             UasOutput::Incoming(incoming) => self.on_incoming(incoming),
             UasOutput::Answered(call) => self.on_answered(call).await,
             UasOutput::Ended { call, reason } => self.on_ended(call, reason),
+            UasOutput::MediaChanged { call, update } => {
+                if let Some(running) = self.running.get(&call) {
+                    let _ = running.control.send(update);
+                }
+            }
         }
     }
 
     fn on_incoming(&mut self, incoming: IncomingCall) {
         let now = self.now();
-        let socket = match self.ports.bind() {
-            Ok(socket) => socket,
+        let (socket, rtcp_socket) = match self.ports.bind_pair() {
+            Ok(sockets) => sockets,
             Err(_) => {
                 let _ = self.uas.reject(now, incoming.call, 503);
                 return;
@@ -520,6 +764,7 @@ impl Driver {
             PendingCall {
                 setup,
                 socket,
+                rtcp_socket,
                 media: incoming.media,
             },
         );
@@ -536,11 +781,15 @@ impl Driver {
             return;
         };
         let PendingCall {
-            setup,
+            mut setup,
             socket,
+            rtcp_socket,
             media,
         } = pending;
-        self.start_media(call, setup, socket, media).await;
+        // Answering-machine detection is for the calls we place.
+        setup.media.answering_machine = None;
+        self.start_media(call, setup, (socket, rtcp_socket), media)
+            .await;
     }
 
     /// Puts an answered call on the worker and starts its RTP task.
@@ -548,7 +797,7 @@ impl Driver {
         &mut self,
         call: SipCallId,
         setup: SipCallSetup,
-        socket: std::net::UdpSocket,
+        (socket, rtcp_socket): (std::net::UdpSocket, Option<std::net::UdpSocket>),
         media: sdp::Negotiated,
     ) {
         let SipCallSetup {
@@ -590,6 +839,7 @@ impl Driver {
             let _ = events.send(SipEvent::Answered);
         }
         let seed = random_seed();
+        let (control, control_rx) = mpsc::unbounded_channel();
         let rtp = RtpCall {
             socket,
             remote: media.remote_rtp,
@@ -603,6 +853,8 @@ impl Driver {
             ),
             receiver: RtpReceiver::new(media.codec.payload_type, media.telephone_event),
             tap,
+            rtcp: rtcp_link(&media, rtcp_socket, (seed >> 32) as u32, epoch),
+            control: Some(control_rx),
         };
         let stop = CancellationToken::new();
         let (reason_tx, reason_rx) = oneshot::channel();
@@ -611,6 +863,7 @@ impl Driver {
             RunningCall {
                 stop: stop.clone(),
                 reason: reason_tx,
+                control,
             },
         );
         let worker = self.worker.clone();
@@ -620,6 +873,7 @@ impl Driver {
                 let event = match event {
                     RtpEvent::Media(event) => SipEvent::Media(event),
                     RtpEvent::Digit(digit) => SipEvent::Dtmf { digit },
+                    RtpEvent::Held(held) => SipEvent::Hold { held },
                 };
                 if let Some(events) = &events {
                     let _ = events.send(event);
@@ -656,6 +910,7 @@ impl Driver {
             CallEnd::LocalBye { .. } => SipEnd::HungUp,
             CallEnd::AckTimeout => SipEnd::AckTimeout,
             CallEnd::Rejected(status) => SipEnd::Rejected(status),
+            CallEnd::SessionExpired => SipEnd::SessionExpired,
         };
         if let Some(running) = self.running.remove(&call) {
             let _ = running.reason.send(reason);
@@ -679,36 +934,31 @@ impl Driver {
 
     fn on_command(&mut self, command: outbound::Command) {
         match command {
-            outbound::Command::Dial {
-                mut dial,
-                setup,
-                reply,
-            } => {
-                let bound = self.ports.bind().and_then(|socket| {
-                    let port = socket.local_addr()?.port();
-                    Ok((socket, port))
+            outbound::Command::Dial { dial, setup, reply }
+                if dial.tcp && !self.tcp_connections.contains_key(&dial.target) =>
+            {
+                // Connect first, off the driver's task; the call is placed
+                // once the connection is up.
+                let notices = self.notices.0.clone();
+                tokio::spawn(async move {
+                    let connecting = tokio::net::TcpStream::connect(dial.target);
+                    let connected = tokio::time::timeout(TCP_CONNECT_WAIT, connecting)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "the TCP connection timed out",
+                            ))
+                        });
+                    let _ = notices.send(Notice::Connected {
+                        dial: Box::new(dial),
+                        setup,
+                        reply,
+                        connected,
+                    });
                 });
-                let (socket, port) = match bound {
-                    Ok(bound) => bound,
-                    Err(error) => {
-                        discard_setup(*setup);
-                        let _ = reply.send(Err(DialError::NoRtpPort(error)));
-                        return;
-                    }
-                };
-                dial.local_rtp = SocketAddr::new(self.advertised_ip, port);
-                let now = self.now();
-                let call = self.uac.dial(now, dial);
-                let call_id = self.uac.call_id(call).unwrap_or_default().to_owned();
-                self.pending_out.insert(
-                    call,
-                    PendingOutbound {
-                        setup: *setup,
-                        socket,
-                    },
-                );
-                let _ = reply.send(Ok((call, call_id)));
             }
+            outbound::Command::Dial { dial, setup, reply } => self.place_call(dial, setup, reply),
             outbound::Command::HangUp(call) => {
                 if let Some(running) = self.running.remove(&call) {
                     // Stop the media now; the BYE's answer needs no waiting for.
@@ -721,10 +971,75 @@ impl Driver {
         }
     }
 
+    /// An outbound call's TCP connection is up (or failed).
+    fn on_connected(
+        &mut self,
+        dial: uac::Dial,
+        setup: Box<SipCallSetup>,
+        reply: oneshot::Sender<Result<(SipCallId, String), DialError>>,
+        connected: std::io::Result<tokio::net::TcpStream>,
+    ) {
+        match connected {
+            Ok(stream) => {
+                let (outbound, outbound_rx) = mpsc::unbounded_channel();
+                self.tcp_connections.insert(dial.target, outbound);
+                let inbound = self.tcp_inbound.0.clone();
+                tokio::spawn(tcp::serve_connection(
+                    stream,
+                    dial.target,
+                    inbound,
+                    outbound_rx,
+                ));
+                self.place_call(dial, setup, reply);
+            }
+            Err(source) => {
+                discard_setup(*setup);
+                let _ = reply.send(Err(DialError::Connect {
+                    target: dial.target,
+                    source,
+                }));
+            }
+        }
+    }
+
+    /// Binds the call's RTP and sends its INVITE.
+    fn place_call(
+        &mut self,
+        mut dial: uac::Dial,
+        setup: Box<SipCallSetup>,
+        reply: oneshot::Sender<Result<(SipCallId, String), DialError>>,
+    ) {
+        let bound = self.ports.bind_pair().and_then(|sockets| {
+            let port = sockets.0.local_addr()?.port();
+            Ok((sockets, port))
+        });
+        let ((socket, rtcp_socket), port) = match bound {
+            Ok(bound) => bound,
+            Err(error) => {
+                discard_setup(*setup);
+                let _ = reply.send(Err(DialError::NoRtpPort(error)));
+                return;
+            }
+        };
+        dial.local_rtp = SocketAddr::new(self.advertised_ip, port);
+        let now = self.now();
+        let call = self.uac.dial(now, dial);
+        let call_id = self.uac.call_id(call).unwrap_or_default().to_owned();
+        self.pending_out.insert(
+            call,
+            PendingOutbound {
+                setup: *setup,
+                socket,
+                rtcp_socket,
+            },
+        );
+        let _ = reply.send(Ok((call, call_id)));
+    }
+
     async fn on_uac_output(&mut self, output: UacOutput) {
         match output {
             UacOutput::Transmit { to, bytes } => {
-                let _ = self.socket.send_to(&bytes, to).await;
+                self.send_sip(&bytes, to).await;
             }
             UacOutput::Ringing {
                 call,
@@ -743,7 +1058,11 @@ impl Driver {
                 }
             }
             UacOutput::Answered { call, media } => {
-                let Some(PendingOutbound { mut setup, socket }) = self.pending_out.remove(&call)
+                let Some(PendingOutbound {
+                    mut setup,
+                    socket,
+                    rtcp_socket,
+                }) = self.pending_out.remove(&call)
                 else {
                     return;
                 };
@@ -754,7 +1073,8 @@ impl Driver {
                 let codec = media.codec.kind;
                 setup.media.inbound = codec.inbound();
                 setup.media.outbound.codec = codec.wire();
-                self.start_media(call, setup, socket, media).await;
+                self.start_media(call, setup, (socket, rtcp_socket), media)
+                    .await;
             }
             UacOutput::Ended { call, reason } => {
                 let reason = match reason {
@@ -775,6 +1095,43 @@ impl Driver {
             }
         }
     }
+}
+
+/// The call's RTCP: on the RTP socket under rtcp-mux, else on its own
+/// socket (RTP port + 1) toward the peer's `a=rtcp:` address or RTP port
+/// + 1; none if that socket could not be bound.
+fn rtcp_link(
+    media: &sdp::Negotiated,
+    socket: Option<std::net::UdpSocket>,
+    ssrc: u32,
+    epoch: std::time::Instant,
+) -> Option<RtcpLink> {
+    let (socket, remote) = if media.rtcp_mux {
+        (None, media.remote_rtp)
+    } else {
+        let rtp = media.remote_rtp;
+        let remote = media
+            .remote_rtcp
+            .unwrap_or_else(|| SocketAddr::new(rtp.ip(), rtp.port().wrapping_add(1)));
+        (Some(UdpSocket::from_std(socket?).ok()?), remote)
+    };
+    let now = Instant::from_std(epoch, std::time::Instant::now());
+    let seed = random_seed();
+    let config = super::rtcp::RtcpConfig {
+        ssrc,
+        cname: format!("{seed:016x}@callingbox"),
+        clock_rate: 8_000,
+        remote,
+        wall_clock: super::rtcp::WallClock {
+            at: now,
+            ntp: super::rtcp::NtpTime::from_system(std::time::SystemTime::now()),
+        },
+        seed,
+    };
+    Some(RtcpLink {
+        socket,
+        session: super::rtcp::RtcpSession::new(config, now),
+    })
 }
 
 fn is_outbound(call: SipCallId) -> bool {

@@ -35,6 +35,8 @@ pub struct SipTrunk {
     pub port: u16,
     /// The account answering its 401/407 challenges, if it asks.
     pub credentials: Option<Credentials>,
+    /// Calls go over TCP (RFC 3261 18) rather than UDP.
+    pub tcp: bool,
 }
 
 /// Where an outbound call goes.
@@ -85,6 +87,14 @@ pub enum DialError {
     /// The SIP server is not running.
     #[error("the SIP server has stopped")]
     ServerStopped,
+    /// The TCP connection to the trunk failed.
+    #[error("cannot connect to the trunk at {target} over TCP: {source}")]
+    Connect {
+        /// The trunk's address.
+        target: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// What dialers and calls ask of the SIP driver.
@@ -158,13 +168,19 @@ impl SipDialer {
             ring_timeout,
         } = call;
         // A trunk knows our caller ID in its own domain; local peers in ours.
-        let (target, domain, from_domain, credentials) = match route {
+        let (target, domain, from_domain, credentials, tcp) = match route {
             Route::Local(carrier) => {
                 let Some(target) = carrier.resolve(&to) else {
                     super::discard_setup(setup);
                     return Err(DialError::UnknownNumber(to));
                 };
-                (target, target.to_string(), self.local.to_string(), None)
+                (
+                    target,
+                    target.to_string(),
+                    self.local.to_string(),
+                    None,
+                    false,
+                )
             }
             Route::Trunk(trunk) => {
                 let target = match self.resolve(&trunk.host, trunk.port).await {
@@ -179,7 +195,7 @@ impl SipDialer {
                     (_, 5060) => trunk.host.clone(),
                     (_, port) => format!("{}:{port}", trunk.host),
                 };
-                (target, domain.clone(), domain, trunk.credentials)
+                (target, domain.clone(), domain, trunk.credentials, trunk.tcp)
             }
         };
         let dial = Dial {
@@ -190,6 +206,7 @@ impl SipDialer {
             local_rtp: SocketAddr::new(self.local.ip(), 0),
             credentials,
             ring_timeout,
+            tcp,
         };
         let (reply, answer) = oneshot::channel();
         if let Err(refused) = self.commands.send(Command::Dial {

@@ -15,6 +15,7 @@
 //! | a 2xx whose SDP we cannot use | `failed` | `sdp_answer` |
 //! | the ACK of our 200 never came (inbound) | `failed` | `ack_timeout` |
 //! | the media worker or the RTP socket failed before the answer | `failed` | `media_worker`, `rtp_socket` |
+//! | the session timer ran out (RFC 4028: no refresh; we sent BYE) | `completed` | `session_expired` |
 //!
 //! Answered calls are always `completed` (they connected, and are billed
 //! for it); their cause is `remote_hangup` (the far end sent BYE),
@@ -80,6 +81,7 @@ pub fn call_outcome(end: &SipEnd, answered: bool) -> CallResult {
         SipEnd::NoResponse => (CallOutcome::Failed, "no_response".to_owned()),
         SipEnd::BadAnswer => (CallOutcome::Failed, "sdp_answer".to_owned()),
         SipEnd::AckTimeout => (CallOutcome::Failed, "ack_timeout".to_owned()),
+        SipEnd::SessionExpired => (CallOutcome::Failed, "session_expired".to_owned()),
         SipEnd::WorkerFailed(_) => (CallOutcome::Failed, "media_worker".to_owned()),
         SipEnd::SocketFailed => (CallOutcome::Failed, "rtp_socket".to_owned()),
     };
@@ -122,6 +124,7 @@ mod tests {
             (SipEnd::NoResponse, false, "failed", "no_response"),
             (SipEnd::BadAnswer, false, "failed", "sdp_answer"),
             (SipEnd::AckTimeout, false, "failed", "ack_timeout"),
+            (SipEnd::SessionExpired, true, "completed", "session_expired"),
             (
                 SipEnd::WorkerFailed("gone".into()),
                 false,

@@ -171,6 +171,12 @@ pub struct Negotiated {
     pub ptime: u32,
     /// The direction we answer with.
     pub direction: Direction,
+    /// The offerer asked for RTCP on the RTP port (RFC 5761 `a=rtcp-mux`);
+    /// the answer says yes.
+    pub rtcp_mux: bool,
+    /// Where the offerer receives RTCP when it said so (RFC 3605
+    /// `a=rtcp:`); RTP port + 1 otherwise.
+    pub remote_rtcp: Option<SocketAddr>,
 }
 
 /// Our answer to an offer.
@@ -187,6 +193,12 @@ pub struct Answer {
 impl Answer {
     /// The answer's SDP text (CRLF lines).
     pub fn to_sdp(&self) -> String {
+        self.to_sdp_version(self.session_id)
+    }
+
+    /// The answer's SDP with `version` in its `o=` line: a later answer in
+    /// the same session (a re-INVITE's) carries a higher one (RFC 3264, 8).
+    pub fn to_sdp_version(&self, version: u64) -> String {
         let ip = self.local_rtp.ip();
         let family = match ip {
             IpAddr::V4(_) => "IP4",
@@ -197,7 +209,7 @@ impl Answer {
         // Writing to a String cannot fail.
         let _ = write!(
             sdp,
-            "v=0\r\no=callingbox {id} {id} IN {family} {ip}\r\ns=CallingBox\r\n\
+            "v=0\r\no=callingbox {id} {version} IN {family} {ip}\r\ns=CallingBox\r\n\
              c=IN {family} {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP {pt}",
             id = self.session_id,
             port = self.local_rtp.port(),
@@ -224,6 +236,9 @@ impl Answer {
             self.negotiated.ptime,
             self.negotiated.direction.attribute()
         );
+        if self.negotiated.rtcp_mux {
+            sdp.push_str("a=rtcp-mux\r\n");
+        }
         sdp
     }
 }
@@ -267,7 +282,10 @@ impl Offer {
 /// `telephone-event` type if it kept it, and where it receives RTP. The
 /// direction is ours (an answer of `recvonly` makes us `sendonly`).
 pub fn read_answer(answer: &str) -> Result<Negotiated, SdpError> {
-    negotiate_in_order(answer, None)
+    let mut negotiated = negotiate_in_order(answer, None)?;
+    // We never offer rtcp-mux, so an answer cannot turn it on (RFC 5761 5.1.1).
+    negotiated.rtcp_mux = false;
+    Ok(negotiated)
 }
 
 /// One `m=` section as parsed.
@@ -279,6 +297,9 @@ struct MediaSection<'a> {
     connection: Option<IpAddr>,
     rtpmaps: Vec<(u8, &'a str)>,
     direction: Option<Direction>,
+    rtcp_mux: bool,
+    /// `a=rtcp:` port and, if given, address.
+    rtcp: Option<(u16, Option<IpAddr>)>,
 }
 
 /// Negotiates an offer: the first active `m=audio` stream, G.722 if
@@ -294,6 +315,13 @@ pub fn negotiate(offer: &str) -> Result<Negotiated, SdpError> {
 /// are never chosen).
 pub fn negotiate_with(offer: &str, preference: &[CodecKind]) -> Result<Negotiated, SdpError> {
     negotiate_in_order(offer, Some(preference))
+}
+
+/// Negotiates a new offer in an established call (a re-INVITE): like
+/// [`negotiate`], but only `kind` is acceptable, because the call's media
+/// pipeline was built for it (an offer without it has no common codec).
+pub fn negotiate_keeping(offer: &str, kind: CodecKind) -> Result<Negotiated, SdpError> {
+    negotiate_in_order(offer, Some(&[kind]))
 }
 
 /// Negotiates in `preference` order, or in the SDP's own order when None.
@@ -341,6 +369,18 @@ fn negotiate_in_order(
                 match (sections.last_mut(), direction) {
                     (Some(section), Some(direction)) => section.direction = Some(direction),
                     (None, Some(direction)) => session_direction = Some(direction),
+                    (Some(section), None) if value == "rtcp-mux" => section.rtcp_mux = true,
+                    (Some(section), None) if value.starts_with("rtcp:") => {
+                        // RFC 3605: `a=rtcp:port [IN IP4 address]`.
+                        let mut fields = value["rtcp:".len()..].split_whitespace();
+                        let port = fields.next().and_then(|port| port.parse::<u16>().ok());
+                        let rest: Vec<&str> = fields.collect();
+                        let address = match rest.as_slice() {
+                            [_, _, address] => address.parse::<IpAddr>().ok(),
+                            _ => None,
+                        };
+                        section.rtcp = port.filter(|&port| port != 0).map(|port| (port, address));
+                    }
                     (Some(section), None) => {
                         if let Some(map) = value.strip_prefix("rtpmap:")
                             && let Some((pt, encoding)) = map.split_once(' ')
@@ -415,6 +455,10 @@ fn negotiate_in_order(
         telephone_event,
         ptime: 20,
         direction,
+        rtcp_mux: audio.rtcp_mux,
+        remote_rtcp: audio
+            .rtcp
+            .map(|(port, address)| SocketAddr::new(address.unwrap_or(ip), port)),
     })
 }
 
@@ -481,6 +525,48 @@ mod tests {
         assert_eq!(negotiated.telephone_event, Some(101));
         assert_eq!(negotiated.ptime, 20);
         assert_eq!(negotiated.direction, Direction::SendRecv);
+    }
+
+    #[test]
+    fn rtcp_mux_is_answered_and_an_rtcp_port_is_followed() {
+        assert!(!negotiate(OFFER).expect("answerable").rtcp_mux);
+        assert_eq!(negotiate(OFFER).expect("answerable").remote_rtcp, None);
+        let offer = format!("{OFFER}a=rtcp-mux\r\na=rtcp:6003 IN IP4 192.0.2.11\r\n");
+        let negotiated = negotiate(&offer).expect("answerable");
+        assert!(negotiated.rtcp_mux);
+        assert_eq!(
+            negotiated.remote_rtcp,
+            Some("192.0.2.11:6003".parse().expect("addr"))
+        );
+        let answer = Answer {
+            negotiated,
+            local_rtp: "192.0.2.99:40002".parse().expect("addr"),
+            session_id: 7,
+        }
+        .to_sdp();
+        assert!(answer.ends_with("a=rtcp-mux\r\n"), "{answer}");
+        // A port alone is on the stream's address; garbage is ignored.
+        let port_only = format!("{OFFER}a=rtcp:7001\r\n");
+        assert_eq!(
+            negotiate(&port_only).expect("answerable").remote_rtcp,
+            Some("192.0.2.10:7001".parse().expect("addr"))
+        );
+        for bad in [
+            "a=rtcp:",
+            "a=rtcp:x",
+            "a=rtcp:0",
+            "a=rtcp:99999 IN IP4 nowhere",
+        ] {
+            let offer = format!("{OFFER}{bad}\r\n");
+            assert_eq!(
+                negotiate(&offer).expect("answerable").remote_rtcp,
+                None,
+                "{bad}"
+            );
+        }
+        // We never offer mux: an answer cannot switch it on.
+        let read = read_answer(&format!("{OFFER}a=rtcp-mux\r\n")).expect("usable");
+        assert!(!read.rtcp_mux);
     }
 
     #[test]

@@ -91,6 +91,14 @@ pub struct Dial {
     pub credentials: Option<Credentials>,
     /// No answer within this (from the dial) cancels the call.
     pub ring_timeout: Duration,
+    /// Over TCP (the driver holds the connection to `target`): Via
+    /// `SIP/2.0/TCP`, Contact `;transport=tcp`.
+    pub tcp: bool,
+}
+
+/// The Via transport of a call's requests.
+fn transport_of(dial: &Dial) -> &'static str {
+    if dial.tcp { "TCP" } else { "UDP" }
 }
 
 /// Why an outbound call ended.
@@ -346,8 +354,12 @@ impl SipUac {
         });
     }
 
-    fn contact(&self) -> String {
-        format!("<sip:callingbox@{}>", self.config.local)
+    fn contact(&self, dial: &Dial) -> String {
+        if dial.tcp {
+            format!("<sip:callingbox@{};transport=tcp>", self.config.local)
+        } else {
+            format!("<sip:callingbox@{}>", self.config.local)
+        }
     }
 
     /// Places a call: sends the INVITE now.
@@ -403,11 +415,11 @@ impl SipUac {
         call.cseq += 1;
         call.next_cseq = call.cseq + 1;
         call.invite_branch = self.branch();
-        let contact = self.contact();
+        let contact = self.contact(&call.dial);
         let mut invite = String::with_capacity(1024);
         let _ = write!(
             invite,
-            "INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\n\
+            "INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch={branch};rport\r\n\
              Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\n\
              CSeq: {cseq} INVITE\r\nContact: {contact}\r\nAllow: {ALLOW}\r\n\
              User-Agent: CallingBox\r\n",
@@ -418,6 +430,7 @@ impl SipUac {
             to = call.to,
             call_id = call.call_id,
             cseq = call.cseq,
+            transport = transport_of(&call.dial),
         );
         if let Some((name, value)) = authorization {
             let _ = write!(invite, "{name}: {value}\r\n");
@@ -471,7 +484,7 @@ impl SipUac {
         let mut cancel = String::with_capacity(512);
         let _ = write!(
             cancel,
-            "CANCEL {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\n\
+            "CANCEL {uri} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch={branch};rport\r\n\
              Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\n\
              CSeq: {cseq} CANCEL\r\nUser-Agent: CallingBox\r\nContent-Length: 0\r\n\r\n",
             uri = call.dial.request_uri,
@@ -481,6 +494,7 @@ impl SipUac {
             to = call.to,
             call_id = call.call_id,
             cseq = call.cseq,
+            transport = transport_of(&call.dial),
         );
         call.state = State::Canceling {
             cancel: cancel.clone(),
@@ -501,9 +515,10 @@ impl SipUac {
         let mut text = String::with_capacity(512);
         let _ = write!(
             text,
-            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\n\
+            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch={branch};rport\r\n\
              Max-Forwards: 70\r\n",
             local = self.config.local,
+            transport = transport_of(&call.dial),
         );
         for route in &call.route {
             let _ = write!(text, "Route: {route}\r\n");
@@ -710,7 +725,7 @@ impl SipUac {
     fn failure_ack(&self, call: &Call, response: &SipMessage) -> String {
         let to = response.header("to").unwrap_or(&call.to);
         format!(
-            "ACK {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\n\
+            "ACK {uri} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch={branch};rport\r\n\
              Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\n\
              CSeq: {cseq} ACK\r\nContent-Length: 0\r\n\r\n",
             uri = call.dial.request_uri,
@@ -719,6 +734,7 @@ impl SipUac {
             from = call.from,
             call_id = call.call_id,
             cseq = response.cseq().map_or(call.cseq, |(cseq, _)| cseq),
+            transport = transport_of(&call.dial),
         )
     }
 
@@ -818,7 +834,7 @@ impl SipUac {
                     Err(_) if request.body.trim().is_empty() => Some(call.offer.clone()),
                     Err(_) => None,
                 };
-                let contact = self.contact();
+                let contact = self.contact(&call.dial);
                 let text = match answer {
                     Some(sdp) => response(
                         request,
@@ -945,6 +961,7 @@ mod tests {
             local_rtp: "127.0.0.1:40000".parse().expect("addr"),
             credentials,
             ring_timeout: Duration::from_secs(20),
+            tcp: false,
         }
     }
 

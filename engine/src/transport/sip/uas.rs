@@ -30,7 +30,15 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use super::message::{ALLOW, BRANCH_COOKIE, ParseError, SipMessage, name_addr_uri, response};
+use super::message::{BRANCH_COOKIE, ParseError, SipMessage, name_addr_uri, response};
+use super::reinvite::{MediaUpdate, PendingReinvite, Reoffer, read_reoffer};
+use super::session_timer::{
+    SessionTimer, SessionTimerConfig, TimerTerms, allows_update, negotiate_timer, read_refresh,
+    request_header, response_terms,
+};
+
+/// The methods the UAS handles (UPDATE: session refreshes, RFC 4028).
+const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE";
 use super::sdp::{Answer, Negotiated, SdpError, negotiate};
 use crate::clock::Instant;
 
@@ -53,6 +61,8 @@ pub struct UasConfig {
     pub t2: Duration,
     /// RFC 3261 T4: how long the network keeps a message (5 s).
     pub t4: Duration,
+    /// Session timers (RFC 4028).
+    pub session_timer: SessionTimerConfig,
 }
 
 impl UasConfig {
@@ -65,6 +75,7 @@ impl UasConfig {
             t1: Duration::from_millis(500),
             t2: Duration::from_secs(4),
             t4: Duration::from_secs(5),
+            session_timer: SessionTimerConfig::default(),
         }
     }
 }
@@ -104,6 +115,9 @@ pub enum CallEnd {
     AckTimeout,
     /// We refused the call with this final status.
     Rejected(u16),
+    /// The session timer ran out (no refresh from the peer, or ours
+    /// failed): we sent BYE.
+    SessionExpired,
 }
 
 /// What the UAS wants done.
@@ -120,6 +134,13 @@ pub enum UasOutput {
     Incoming(IncomingCall),
     /// The ACK of our 200 came: media may start.
     Answered(SipCallId),
+    /// A re-INVITE changed the call's media (hold, resume, a new address).
+    MediaChanged {
+        /// The call.
+        call: SipCallId,
+        /// What the media does now.
+        update: MediaUpdate,
+    },
     /// The call is over (reported once per call that was [`UasOutput::Incoming`]).
     Ended {
         /// The call.
@@ -209,6 +230,31 @@ struct Call {
     /// Whether the application saw it (it then gets exactly one `Ended`).
     offered: bool,
     state: State,
+    /// Our RTP address and `o=` session id and version, for the answers
+    /// to re-INVITEs.
+    local_rtp: Option<SocketAddr>,
+    session_id: u64,
+    sdp_version: u64,
+    /// A re-INVITE answered, waiting for its ACK.
+    reinvite: Option<PendingReinvite>,
+    /// The session timer (RFC 4028), if one was agreed.
+    timer: Option<SessionTimer>,
+    /// The peer allows UPDATE: our refreshes use it, else a re-INVITE.
+    peer_allows_update: bool,
+    /// Our refresh in flight.
+    refresh: Option<Refresh>,
+    /// No refresh of ours before this (after a 491 or a refusal).
+    refresh_not_before: Option<Instant>,
+}
+
+/// Our session refresh (UPDATE or re-INVITE) awaiting its response.
+#[derive(Debug)]
+struct Refresh {
+    branch: String,
+    cseq: u32,
+    invite: bool,
+    text: String,
+    timer: Retransmit,
 }
 
 /// A response of a non-INVITE server transaction, kept for timer J.
@@ -276,8 +322,13 @@ impl SipUas {
             }
             State::Rejected { forget_at } => Some(*forget_at),
         });
+        let reinvites = self
+            .calls
+            .values()
+            .filter_map(|call| call.reinvite.as_ref().map(PendingReinvite::deadline));
+        let timers = self.calls.values().filter_map(timer_deadline);
         let replays = self.replays.values().map(|replay| replay.forget_at);
-        calls.chain(replays).min()
+        calls.chain(reinvites).chain(timers).chain(replays).min()
     }
 
     fn random(&mut self) -> u64 {
@@ -339,6 +390,7 @@ impl SipUas {
             "ACK" => self.on_ack(now, &message),
             "CANCEL" => self.on_cancel(now, source, &message),
             "BYE" => self.on_bye(now, source, &message),
+            "UPDATE" => self.on_update(now, source, &message),
             "OPTIONS" => {
                 let text = response(
                     &message,
@@ -407,6 +459,17 @@ impl SipUas {
         let Some(call_id) = invite.call_id().map(str::to_owned) else {
             return;
         };
+        // A new INVITE (higher CSeq) for a Call-ID we refused, as after a
+        // 422 (RFC 4028 section 6): a new call; the refused one is done.
+        let cseq = |message: &SipMessage| message.cseq().map(|(n, _)| n);
+        if let Some(call) = self.calls.get(&call_id)
+            && matches!(call.state, State::Rejecting(_) | State::Rejected { .. })
+            && invite.to_tag().is_none()
+            && invite.branch() != Some(call.invite_branch.as_str())
+            && cseq(&invite) > cseq(&call.invite)
+        {
+            self.calls.remove(&call_id);
+        }
         if let Some(call) = self.calls.get(&call_id) {
             let same_transaction = invite.branch() == Some(call.invite_branch.as_str());
             if same_transaction || invite.to_tag().is_none() {
@@ -417,19 +480,7 @@ impl SipUas {
                 }
                 return;
             }
-            // A re-INVITE in the dialog (session refresh): same answer.
-            let text = match (&call.state, &call.answer_sdp) {
-                (State::Confirmed, Some(sdp)) => response(
-                    &invite,
-                    200,
-                    None,
-                    source,
-                    &[("Contact", &self.contact()), ("Allow", ALLOW)],
-                    Some(("application/sdp", sdp)),
-                ),
-                _ => response(&invite, 491, None, source, &[], None),
-            };
-            self.transmit(source, text);
+            self.on_reinvite(now, source, &invite, &call_id);
             return;
         }
         if invite.to_tag().is_some() {
@@ -452,6 +503,17 @@ impl SipUas {
             // No offer (late offer is not supported), no audio, no G.711.
             (true, Err(_)) => Err(488),
         };
+        // RFC 4028: an interval under our Min-SE is refused with 422.
+        let timer = negotiate_timer(&self.config.session_timer, &invite);
+        let media = match (media, &timer) {
+            (Ok(_), Err(_)) => Err(422),
+            (media, _) => media,
+        };
+        let timer = timer
+            .ok()
+            .flatten()
+            .map(|terms| SessionTimer::new(terms, now));
+        let peer_allows_update = allows_update(&invite);
         let id = SipCallId(self.next_call);
         self.next_call += 1;
         let call = Call {
@@ -467,6 +529,14 @@ impl SipUas {
             offered: media.is_ok(),
             state: State::Offered,
             invite,
+            local_rtp: None,
+            session_id: 0,
+            sdp_version: 0,
+            reinvite: None,
+            timer,
+            peer_allows_update,
+            refresh: None,
+            refresh_not_before: None,
         };
         let incoming = media.ok().map(|media| IncomingCall {
             call: id,
@@ -485,8 +555,20 @@ impl SipUas {
         }
     }
 
-    fn contact(&self) -> String {
-        format!("<sip:callingbox@{}>", self.config.local)
+    /// Our Contact for the call at `key`, on the transport its INVITE came by.
+    fn contact(&self, key: &str) -> String {
+        let transport = self
+            .calls
+            .get(key)
+            .map_or("UDP", |call| via_transport(&call.invite));
+        match transport {
+            "UDP" => format!("<sip:callingbox@{}>", self.config.local),
+            other => format!(
+                "<sip:callingbox@{};transport={}>",
+                self.config.local,
+                other.to_ascii_lowercase()
+            ),
+        }
     }
 
     fn call_key(&self, call: SipCallId) -> Option<String> {
@@ -518,6 +600,8 @@ impl SipUas {
         }
         .to_sdp();
         tracked.answer_sdp = Some(sdp);
+        tracked.local_rtp = Some(local_rtp);
+        (tracked.session_id, tracked.sdp_version) = (session_id, session_id);
         let ringing = response(
             &tracked.invite,
             180,
@@ -566,22 +650,30 @@ impl SipUas {
     }
 
     fn send_ok(&mut self, now: Instant, key: &str) {
-        let contact = self.contact();
+        let contact = self.contact(key);
         let t1 = self.config.t1;
         let Some(call) = self.calls.get_mut(key) else {
             return;
         };
         let sdp = call.answer_sdp.clone().unwrap_or_default();
+        let expires = call.timer.map(|timer| timer.terms().header());
+        let mut headers = vec![
+            ("Contact", contact.as_str()),
+            ("Allow", ALLOW),
+            ("Supported", "replaces, timer"),
+        ];
+        if let (Some(expires), Some(timer)) = (&expires, call.timer) {
+            headers.push(("Session-Expires", expires));
+            if timer.terms().peer_supports {
+                headers.push(("Require", "timer"));
+            }
+        }
         let ok = response(
             &call.invite,
             200,
             Some(&call.to_tag),
             call.source,
-            &[
-                ("Contact", &contact),
-                ("Allow", ALLOW),
-                ("Supported", "replaces"),
-            ],
+            &headers,
             Some(("application/sdp", &sdp)),
         );
         call.last_response = Some(ok.clone());
@@ -592,15 +684,24 @@ impl SipUas {
 
     fn send_final_failure(&mut self, now: Instant, key: &str, code: u16) {
         let t1 = self.config.t1;
+        let timer_config = self.config.session_timer;
         let Some(call) = self.calls.get_mut(key) else {
             return;
         };
+        let min_se = match negotiate_timer(&timer_config, &call.invite) {
+            Err(min_se) if code == 422 => Some(min_se.as_secs().to_string()),
+            _ => None,
+        };
+        let headers: Vec<(&str, &str)> = min_se
+            .iter()
+            .map(|value| ("Min-SE", value.as_str()))
+            .collect();
         let text = response(
             &call.invite,
             code,
             Some(&call.to_tag),
             call.source,
-            &[],
+            &headers,
             None,
         );
         call.last_response = Some(text.clone());
@@ -616,16 +717,11 @@ impl SipUas {
         let Some(call) = self.calls.get_mut(key) else {
             return;
         };
-        let target = call
-            .invite
-            .contact_uri()
-            .or_else(|| call.invite.header("from").and_then(name_addr_uri))
-            .unwrap_or("sip:unknown@invalid")
-            .to_owned();
+        let target = dialog_target(&call.invite);
         let mut bye = String::with_capacity(512);
         let _ = write!(
             bye,
-            "BYE {target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\n\
+            "BYE {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch={branch};rport\r\n\
              Max-Forwards: 70\r\nFrom: {to};tag={tag}\r\nTo: {from}\r\nCall-ID: {call_id}\r\n\
              CSeq: {cseq} BYE\r\nUser-Agent: CallingBox\r\nContent-Length: 0\r\n\r\n",
             to = call.invite.header("to").unwrap_or_default(),
@@ -633,6 +729,7 @@ impl SipUas {
             from = call.invite.header("from").unwrap_or_default(),
             call_id = call.invite.call_id().unwrap_or_default(),
             cseq = call.next_cseq,
+            transport = via_transport(&call.invite),
         );
         call.next_cseq += 1;
         call.bye_branch = Some(branch);
@@ -651,6 +748,11 @@ impl SipUas {
         match call.state {
             State::Answering(_) => {
                 call.state = State::Confirmed;
+                // The session's interval starts with the dialog.
+                if let Some(timer) = &mut call.timer {
+                    let terms = timer.terms();
+                    timer.refreshed(now, terms);
+                }
                 let id = call.id;
                 self.outputs.push_back(UasOutput::Answered(id));
             }
@@ -659,7 +761,259 @@ impl SipUas {
                     forget_at: now + self.config.t4,
                 };
             }
+            // The ACK of a re-INVITE's final response (a 2xx's has a new
+            // branch: matched by CSeq).
+            State::Confirmed
+                if call
+                    .reinvite
+                    .as_ref()
+                    .is_some_and(|pending| ack.cseq().map(|(n, _)| n) == Some(pending.cseq)) =>
+            {
+                call.reinvite = None;
+            }
             _ => {}
+        }
+    }
+
+    /// A re-INVITE in a dialog: hold, resume, a new address, a refresh
+    /// (see [`super::reinvite`]).
+    fn on_reinvite(&mut self, now: Instant, source: SocketAddr, invite: &SipMessage, key: &str) {
+        let contact = self.contact(key);
+        let t1 = self.config.t1;
+        let timer_config = self.config.session_timer;
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
+        let branch = invite.branch().unwrap_or_default();
+        if let Some(pending) = &call.reinvite
+            && pending.branch == branch
+        {
+            let text = pending.response.clone();
+            self.stats.retransmissions_absorbed += 1;
+            self.transmit(source, text);
+            return;
+        }
+        // An offer while another is unfinished (before the ACK): 491, and
+        // the peer retries later (RFC 3261 14.2). Not kept: a retransmission
+        // meets the same answer.
+        if !matches!(call.state, State::Confirmed) || call.reinvite.is_some() {
+            let text = response(invite, 491, None, source, &[], None);
+            self.transmit(source, text);
+            return;
+        }
+        // A re-INVITE refreshes the session timer (RFC 4028); one under our
+        // Min-SE is refused before its offer is looked at.
+        let refresh = match call.timer {
+            Some(timer) => read_refresh(&timer_config, &timer.terms(), invite).map(Some),
+            None => Ok(None),
+        };
+        let reoffer = match refresh {
+            Err(_) => Err(422),
+            Ok(_) => read_reoffer(&call.media, &invite.body),
+        };
+        let (status, sdp) = match reoffer {
+            Err(status) => (status, None),
+            Ok(Reoffer::NoOffer) => (200, call.answer_sdp.clone()),
+            Ok(Reoffer::Accept { media }) => match call.local_rtp {
+                Some(local_rtp) => {
+                    let before = MediaUpdate::of(&call.media);
+                    call.media = media;
+                    call.sdp_version += 1;
+                    let sdp = Answer {
+                        negotiated: media,
+                        local_rtp,
+                        session_id: call.session_id,
+                    }
+                    .to_sdp_version(call.sdp_version);
+                    call.answer_sdp = Some(sdp.clone());
+                    let update = MediaUpdate::of(&media);
+                    if update != before {
+                        let id = call.id;
+                        self.outputs
+                            .push_back(UasOutput::MediaChanged { call: id, update });
+                    }
+                    (200, Some(sdp))
+                }
+                None => (500, None),
+            },
+        };
+        let mut headers: Vec<(&str, String)> = Vec::new();
+        if status == 200 {
+            headers.push(("Contact", contact));
+            headers.push(("Allow", ALLOW.to_owned()));
+        }
+        match refresh {
+            Err(min_se) => headers.push(("Min-SE", min_se.as_secs().to_string())),
+            Ok(Some(terms)) if status == 200 => {
+                headers.extend(timer_headers(&terms));
+                if let Some(timer) = self.calls.get_mut(key).and_then(|call| call.timer.as_mut()) {
+                    timer.refreshed(now, terms);
+                }
+            }
+            Ok(_) => {}
+        }
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let body = sdp.as_deref().map(|sdp| ("application/sdp", sdp));
+        let text = response(invite, status, None, source, &headers, body);
+        let cseq = invite.cseq().map(|(n, _)| n).unwrap_or_default();
+        if let Some(call) = self.calls.get_mut(key) {
+            call.reinvite = Some(PendingReinvite::new(
+                branch.to_owned(),
+                cseq,
+                text.clone(),
+                now,
+                t1,
+            ));
+        }
+        self.transmit(source, text);
+    }
+
+    /// An UPDATE in a dialog: a session refresh (RFC 4028). Offers in
+    /// UPDATE (RFC 3311) are not taken: 488, the session stays.
+    fn on_update(&mut self, now: Instant, source: SocketAddr, update: &SipMessage) {
+        let timer_config = self.config.session_timer;
+        let contact = self.contact(update.call_id().unwrap_or_default());
+        let call = update
+            .call_id()
+            .and_then(|id| self.calls.get_mut(id))
+            .filter(|call| matches!(call.state, State::Confirmed));
+        let Some(call) = call else {
+            let text = response(update, 481, None, source, &[], None);
+            self.answer_non_invite(now, source, update, "UPDATE", text);
+            return;
+        };
+        let mut headers: Vec<(&str, String)> = Vec::new();
+        let status = if !update.body.trim().is_empty() {
+            488
+        } else {
+            match call.timer.as_mut() {
+                Some(timer) => match read_refresh(&timer_config, &timer.terms(), update) {
+                    Ok(terms) => {
+                        timer.refreshed(now, terms);
+                        headers.extend(timer_headers(&terms));
+                        200
+                    }
+                    Err(min_se) => {
+                        headers.push(("Min-SE", min_se.as_secs().to_string()));
+                        422
+                    }
+                },
+                None => 200,
+            }
+        };
+        if status == 200 {
+            headers.push(("Contact", contact));
+        }
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let text = response(update, status, None, source, &headers, None);
+        self.answer_non_invite(now, source, update, "UPDATE", text);
+    }
+
+    /// Sends our session refresh: UPDATE if the peer allows it, else a
+    /// re-INVITE with the session as it is (same SDP version: no change).
+    fn send_refresh(&mut self, now: Instant, key: &str) {
+        let branch = format!("{BRANCH_COOKIE}{:x}", self.random());
+        let local = self.config.local;
+        let t1 = self.config.t1;
+        let contact = self.contact(key);
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
+        let Some(timer) = call.timer else {
+            return;
+        };
+        let invite = !call.peer_allows_update;
+        let (method, body) = if invite {
+            ("INVITE", call.answer_sdp.clone().unwrap_or_default())
+        } else {
+            ("UPDATE", String::new())
+        };
+        let mut text = String::with_capacity(640 + body.len());
+        let _ = write!(
+            text,
+            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch={branch};rport\r\n\
+             Max-Forwards: 70\r\nFrom: {to};tag={tag}\r\nTo: {from}\r\nCall-ID: {call_id}\r\n\
+             CSeq: {cseq} {method}\r\nContact: {contact}\r\nSession-Expires: {expires}\r\n\
+             Supported: timer\r\nAllow: {ALLOW}\r\nUser-Agent: CallingBox\r\n",
+            target = dialog_target(&call.invite),
+            to = call.invite.header("to").unwrap_or_default(),
+            tag = call.to_tag,
+            from = call.invite.header("from").unwrap_or_default(),
+            call_id = call.invite.call_id().unwrap_or_default(),
+            cseq = call.next_cseq,
+            expires = request_header(&timer.terms()),
+            transport = via_transport(&call.invite),
+        );
+        if !body.is_empty() {
+            text.push_str("Content-Type: application/sdp\r\n");
+        }
+        let _ = write!(text, "Content-Length: {}\r\n\r\n{body}", body.len());
+        call.refresh = Some(Refresh {
+            branch,
+            cseq: call.next_cseq,
+            invite,
+            text: text.clone(),
+            timer: Retransmit::start(now, t1),
+        });
+        call.next_cseq += 1;
+        let source = call.source;
+        self.transmit(source, text);
+    }
+
+    /// The final response to our refresh of the call at `key`.
+    fn on_refresh_response(&mut self, now: Instant, key: &str, code: u16, message: &SipMessage) {
+        let jitter = Duration::from_millis(self.random() % 2_000);
+        let local = self.config.local;
+        let ack_branch = format!("{BRANCH_COOKIE}{:x}", self.random());
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
+        let Some(refresh) = call.refresh.take() else {
+            return;
+        };
+        if refresh.invite {
+            // The ACK: a new transaction after a 2xx, the INVITE's otherwise.
+            let branch = if (200..300).contains(&code) {
+                ack_branch
+            } else {
+                refresh.branch.clone()
+            };
+            let ack = format!(
+                "ACK {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch={branch};rport\r\n\
+                 Max-Forwards: 70\r\nFrom: {to};tag={tag}\r\nTo: {peer}\r\nCall-ID: {call_id}\r\n\
+                 CSeq: {cseq} ACK\r\nContent-Length: 0\r\n\r\n",
+                target = dialog_target(&call.invite),
+                to = call.invite.header("to").unwrap_or_default(),
+                tag = call.to_tag,
+                peer = message.header("to").unwrap_or_default(),
+                call_id = call.invite.call_id().unwrap_or_default(),
+                cseq = refresh.cseq,
+                transport = via_transport(&call.invite),
+            );
+            self.outputs.push_back(UasOutput::Transmit {
+                to: call.source,
+                bytes: ack.into_bytes(),
+            });
+        }
+        let Some(timer) = call.timer.as_mut() else {
+            return;
+        };
+        match code {
+            200..=299 => {
+                let terms = response_terms(&timer.terms(), message);
+                timer.refreshed(now, terms);
+            }
+            // Glare with the peer's own re-INVITE: again in 0-2 s (RFC
+            // 3261 14.1, we do not own the Call-ID).
+            491 => call.refresh_not_before = Some(now + jitter),
+            // RFC 4028 section 10: the session is gone.
+            408 | 481 => {
+                let id = call.id;
+                self.end(id, CallEnd::SessionExpired);
+                self.send_bye(now, key);
+            }
+            // Refused otherwise: no more tries, the session runs out.
+            _ => call.refresh_not_before = Some(timer.expires_at()),
         }
     }
 
@@ -718,12 +1072,21 @@ impl SipUas {
         self.calls.remove(&key);
     }
 
-    fn on_response(&mut self, _now: Instant, message: &SipMessage) {
+    fn on_response(&mut self, now: Instant, message: &SipMessage) {
         let Some(code) = message.status() else { return };
         if code < 200 {
             return;
         }
         let branch = message.branch().unwrap_or_default();
+        let refreshed = self
+            .calls
+            .iter()
+            .find(|(_, call)| call.refresh.as_ref().is_some_and(|r| r.branch == branch))
+            .map(|(key, _)| key.clone());
+        if let Some(key) = refreshed {
+            self.on_refresh_response(now, &key, code, message);
+            return;
+        }
         let found = self
             .calls
             .iter()
@@ -781,7 +1144,53 @@ impl SipUas {
                 _ => {}
             }
         }
+        for call in self.calls.values_mut() {
+            let Some(pending) = &mut call.reinvite else {
+                continue;
+            };
+            if pending.expired(now) {
+                // No ACK in 64*T1: the offer/answer stands, stop resending.
+                call.reinvite = None;
+            } else if let Some(text) = pending.retransmission(now, t2) {
+                due.push((String::new(), Due::Send(call.source, text.to_owned())));
+            }
+        }
+        // Session timers (RFC 4028): our refreshes, and sessions run out.
+        let (mut refreshes, mut expired) = (Vec::new(), Vec::new());
+        for (key, call) in &mut self.calls {
+            let Some(timer) = call
+                .timer
+                .filter(|_| matches!(call.state, State::Confirmed))
+            else {
+                continue;
+            };
+            if timer.expires_at() <= now {
+                expired.push((key.clone(), call.id));
+            } else if let Some(refresh) = &mut call.refresh {
+                if refresh.timer.give_up <= now {
+                    // No answer to our refresh (a 408): the session is gone.
+                    expired.push((key.clone(), call.id));
+                } else if refresh.timer.next <= now {
+                    refresh.timer.backoff(now, t2);
+                    due.push((String::new(), Due::Send(call.source, refresh.text.clone())));
+                }
+            } else if timer.refresh_at().is_some_and(|at| at <= now)
+                && call.refresh_not_before.is_none_or(|at| at <= now)
+            {
+                refreshes.push(key.clone());
+            }
+        }
         due.sort_by(|a, b| a.0.cmp(&b.0));
+        for key in refreshes {
+            self.send_refresh(now, &key);
+        }
+        for (key, id) in expired {
+            if let Some(call) = self.calls.get_mut(&key) {
+                call.refresh = None;
+            }
+            self.end(id, CallEnd::SessionExpired);
+            self.send_bye(now, &key);
+        }
         for (key, what) in due {
             match what {
                 Due::Answer => self.send_ok(now, &key),
@@ -816,6 +1225,53 @@ enum Due {
     ByeTimeout(SipCallId),
 }
 
+/// The transport of a request's top Via (`UDP`, `TCP` or `TLS`): the one
+/// our requests and Contact in its dialog use.
+fn via_transport(request: &SipMessage) -> &'static str {
+    let via = request.header("via").unwrap_or_default().trim_start();
+    let protocol = via.split_whitespace().next().unwrap_or_default();
+    match protocol.rsplit('/').next() {
+        Some(transport) if transport.eq_ignore_ascii_case("TCP") => "TCP",
+        Some(transport) if transport.eq_ignore_ascii_case("TLS") => "TLS",
+        _ => "UDP",
+    }
+}
+
+/// Where requests in the dialog go: the caller's Contact (or From).
+fn dialog_target(invite: &SipMessage) -> String {
+    invite
+        .contact_uri()
+        .or_else(|| invite.header("from").and_then(name_addr_uri))
+        .unwrap_or("sip:unknown@invalid")
+        .to_owned()
+}
+
+/// `Session-Expires` (and `Require: timer` if the caller supports timers)
+/// of our 2xx to a refresh.
+fn timer_headers(terms: &TimerTerms) -> Vec<(&'static str, String)> {
+    let mut headers = vec![("Session-Expires", terms.header())];
+    if terms.peer_supports {
+        headers.push(("Require", "timer".to_owned()));
+    }
+    headers
+}
+
+/// When a confirmed call's session timer needs the UAS next.
+fn timer_deadline(call: &Call) -> Option<Instant> {
+    if !matches!(call.state, State::Confirmed) {
+        return None;
+    }
+    let timer = call.timer?;
+    let ours = match &call.refresh {
+        Some(refresh) => Some(refresh.timer.next.min(refresh.timer.give_up)),
+        None => timer.refresh_at().map(|at| {
+            call.refresh_not_before
+                .map_or(at, |not_before| at.max(not_before))
+        }),
+    };
+    Some(ours.map_or(timer.expires_at(), |at| at.min(timer.expires_at())))
+}
+
 /// The media of a call refused before negotiation (never used for media).
 const PLACEHOLDER_MEDIA: Negotiated = Negotiated {
     remote_rtp: SocketAddr::V4(std::net::SocketAddrV4::new(
@@ -829,6 +1285,8 @@ const PLACEHOLDER_MEDIA: Negotiated = Negotiated {
     telephone_event: None,
     ptime: 20,
     direction: super::sdp::Direction::Inactive,
+    rtcp_mux: false,
+    remote_rtcp: None,
 };
 
 #[cfg(test)]

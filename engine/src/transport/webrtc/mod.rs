@@ -168,7 +168,11 @@ impl SignalError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             SignalError::BadRequest(_) | SignalError::Offer(_) => StatusCode::BAD_REQUEST,
-            SignalError::Refused(_) | SignalError::Worker(_) => StatusCode::SERVICE_UNAVAILABLE,
+            SignalError::Refused(refused) => StatusCode::from_u16(refused.status)
+                .ok()
+                .filter(|status| status.is_client_error() || status.is_server_error())
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            SignalError::Worker(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -381,6 +385,11 @@ pub async fn serve_peer(
         let connecting = !peer.is_connected() && closing.is_none();
         tokio::select! {
             biased;
+            // The application hung up (the agent's end_call, a limit).
+            () = call.cancel.cancelled(), if closing.is_none() => {
+                closing = Some(EndReason::HungUp);
+                peer.close();
+            }
             output = call.outputs.recv(), if worker_open => match output {
                 Some(CallOutput::Packet(packet)) => {
                     peer.send_audio(now(), packet.payload(), packet.marker);
