@@ -25,6 +25,7 @@ use callingbox_engine::providers::scripted::{ScriptMatch, ScriptRule, ScriptedLl
 use callingbox_engine::providers::{ChatMessage, ProviderError};
 use callingbox_engine::session::{MediaEvent, MediaWorker};
 use callingbox_engine::tools::ToolSet;
+use callingbox_engine::transport::sip::sdp::CodecKind;
 use callingbox_engine::transport::sip::{
     IncomingCall, SipCallRefused, SipCallSetup, SipConfig, SipEnd, SipEvent, SipServer,
 };
@@ -262,7 +263,7 @@ async fn sipp_cancels_while_ringing_and_gets_487() {
     let Some(SipEvent::Ringing(call)) = events.first() else {
         unreachable!()
     };
-    assert_eq!(call.media.codec.law, G711Law::ALaw);
+    assert_eq!(call.media.codec.kind, CodecKind::Pcma);
     assert!(!events.contains(&SipEvent::Answered), "{events:?}");
     assert!(
         matches!(

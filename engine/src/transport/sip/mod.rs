@@ -68,7 +68,6 @@ use super::rtp::{
     RtcpLink, RtpCall, RtpEnd, RtpEvent, RtpPorts, RtpReceiver, RtpSender, RtpStats, run_rtp,
 };
 use super::{CallSpec, WirePacket, WorkerHandle};
-use crate::audio::{InboundCodec, WireCodec};
 use crate::clock::Instant;
 use crate::events::EndedBy;
 use crate::session::{CallMediaConfig, ConversationLink, MediaEvent};
@@ -154,7 +153,7 @@ pub struct SipCallRefused {
 /// A call as the application sets it up when the INVITE arrives.
 #[derive(Debug)]
 pub struct SipCallSetup {
-    /// The call's media; the codecs are set to the negotiated G.711 law.
+    /// The call's media; the codecs are set to the negotiated one.
     pub media: CallMediaConfig,
     /// The agent and recognizer, if the call has them.
     pub link: Option<ConversationLink>,
@@ -753,9 +752,9 @@ impl Driver {
                 return;
             }
         };
-        let law = incoming.media.codec.law;
-        setup.media.inbound = InboundCodec::G711(law);
-        setup.media.outbound.codec = WireCodec::G711(law);
+        let codec = incoming.media.codec.kind;
+        setup.media.inbound = codec.inbound();
+        setup.media.outbound.codec = codec.wire();
         if let Some(events) = &setup.events {
             let _ = events.send(SipEvent::Ringing(incoming.clone()));
         }
@@ -1087,9 +1086,9 @@ impl Driver {
                 // the agent must not hear it as the callee's first words.
                 let mut scratch = [0u8; 2_048];
                 while socket.recv_from(&mut scratch).is_ok() {}
-                let law = media.codec.law;
-                setup.media.inbound = InboundCodec::G711(law);
-                setup.media.outbound.codec = WireCodec::G711(law);
+                let codec = media.codec.kind;
+                setup.media.inbound = codec.inbound();
+                setup.media.outbound.codec = codec.wire();
                 self.start_media(call, setup, (socket, rtcp_socket), media)
                     .await;
             }
