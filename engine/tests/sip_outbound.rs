@@ -26,6 +26,7 @@ use std::time::Duration;
 use callingbox_engine::codecs::{G711Law, G722Decoder, G722Encoder, read_wav};
 use callingbox_engine::session::{MediaEvent, MediaWorker};
 use callingbox_engine::transport::rtp::parse_rtp;
+use callingbox_engine::transport::sip::sdp::{CodecKind, Offer};
 use callingbox_engine::transport::sip::{
     CallOutcome, Credentials, DialedCall, IncomingCall, LocalCarrier, OutboundCall, Route,
     SipCallRefused, SipCallSetup, SipConfig, SipDialer, SipEnd, SipEvent, SipServer, SipTrunk,
@@ -780,6 +781,13 @@ async fn an_engine_calls_another_over_the_local_carrier() {
     };
     assert_eq!(incoming.number.as_deref(), Some(CALLEE));
     assert!(incoming.from.contains(CALLER_ID), "{}", incoming.from);
+    // Our offer puts Opus first and our answer prefers it: two engines
+    // talk Opus (48 kHz clock, 960 per packet), with events on its clock.
+    assert_eq!(incoming.media.codec.kind, CodecKind::Opus, "{incoming:?}");
+    assert_eq!(
+        incoming.media.telephone_event,
+        Some(Offer::TELEPHONE_EVENT_48K)
+    );
     assert_eq!(turn(&a_all).as_deref(), Some(GREETING), "{a_all:?}");
     assert_eq!(turn(&b_all).as_deref(), Some(BOOK_TABLE), "{b_all:?}");
 

@@ -409,7 +409,10 @@ fn run_tool(ctx: &TurnContext, call: ToolCallRequest, write_used: &mut bool) -> 
                 Err(error) => return immediate(ToolOutcome::Error(error), false),
             };
             // Long strings take longer than the usual built-in deadline to play.
-            let deadline = ctx.limits.timeout_for(tool).max(playing + Duration::from_secs(2));
+            let deadline = ctx
+                .limits
+                .timeout_for(tool)
+                .max(playing + Duration::from_secs(2));
             return run_call_control(ctx, call, deadline, "send keypad digits", request);
         }
         ToolDefinition::Builtin(builtin) => {

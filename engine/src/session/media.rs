@@ -16,8 +16,8 @@ use std::time::Duration;
 use callingbox_codecs::{FrameDuration, PcmFrame, SampleRate};
 use thiserror::Error;
 
-use crate::audio::dtmf::{DtmfDetector, DtmfDetectorConfig};
 use crate::amd::{AnswerDecision, AnsweringMachine, AnsweringMachineConfig, MessageCue};
+use crate::audio::dtmf::{DtmfDetector, DtmfDetectorConfig};
 use crate::audio::{
     InboundAudio, InboundCodec, InboundError, OutboundAudio, OutboundConfig, OutboundError,
     OutboundPacket, PushOutcome,

@@ -22,8 +22,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::rtp_events::{EventPlayout, EventTiming};
 use super::rtcp::{self, REPORT_MAX, RtcpSession, RtcpStats};
+use super::rtp_events::{EventPlayout, EventTiming};
 use super::sip::reinvite::MediaUpdate;
 use super::{CallOutput, WirePacket, WorkerHandle};
 use crate::clock::Instant;
@@ -121,8 +121,9 @@ pub fn parse_rtp(datagram: &[u8]) -> Result<RtpPacket<'_>, RtpError> {
 }
 
 /// Numbers our outgoing packets: one SSRC, a sequence +1 per packet, a
-/// timestamp +160 per packet within a talkspurt and following the clock
-/// across the silences between them (RFC 3550, section 5.1).
+/// timestamp one 20 ms frame on per packet within a talkspurt (160 at an
+/// 8 kHz clock, 960 for Opus's 48 kHz) and following the clock across the
+/// silences between them (RFC 3550, section 5.1).
 #[derive(Debug, Clone)]
 pub struct RtpSender {
     ssrc: u32,
@@ -132,6 +133,8 @@ pub struct RtpSender {
     started: Option<Instant>,
     last_timestamp: Option<u32>,
     packets: u64,
+    /// Timestamp units per 20 ms packet.
+    frame_step: u32,
 }
 
 impl RtpSender {
@@ -145,7 +148,20 @@ impl RtpSender {
             started: None,
             last_timestamp: None,
             packets: 0,
+            frame_step: SAMPLES_PER_PACKET,
         }
+    }
+
+    /// The same sender on a media clock of `clock_rate` Hz (8,000 unless
+    /// told: 48,000 for Opus).
+    pub fn with_clock_rate(mut self, clock_rate: u32) -> Self {
+        self.frame_step = clock_rate / 50;
+        self
+    }
+
+    /// The media clock rate (Hz).
+    pub fn clock_rate(&self) -> u32 {
+        self.frame_step * 50
     }
 
     /// Our SSRC.
@@ -166,7 +182,7 @@ impl RtpSender {
         let frames = (now.saturating_since(started).as_micros() + 10_000) / 20_000;
         let by_clock = self
             .first_timestamp
-            .wrapping_add((frames as u32).wrapping_mul(SAMPLES_PER_PACKET));
+            .wrapping_add((frames as u32).wrapping_mul(self.frame_step));
         match self.last_timestamp {
             Some(last) if by_clock.wrapping_sub(last) >= u32::MAX / 2 => last,
             _ => by_clock,
@@ -216,7 +232,7 @@ impl RtpSender {
         let started = *self.started.get_or_insert(now);
         let timestamp = match self.last_timestamp {
             // Within a talkspurt the audio is contiguous: exactly one frame on.
-            Some(last) if !marker => last.wrapping_add(SAMPLES_PER_PACKET),
+            Some(last) if !marker => last.wrapping_add(self.frame_step),
             Some(last) => {
                 // After a silence: where the clock says, rounded to a frame,
                 // and never behind the talkspurt before.
@@ -224,8 +240,8 @@ impl RtpSender {
                 let frames = (elapsed.as_micros() + 10_000) / 20_000;
                 let by_clock = self
                     .first_timestamp
-                    .wrapping_add((frames as u32).wrapping_mul(SAMPLES_PER_PACKET));
-                let next = last.wrapping_add(SAMPLES_PER_PACKET);
+                    .wrapping_add((frames as u32).wrapping_mul(self.frame_step));
+                let next = last.wrapping_add(self.frame_step);
                 // Serial-number comparison: is `by_clock` ahead of `next`?
                 if by_clock.wrapping_sub(next) < u32::MAX / 2 {
                     by_clock
@@ -649,7 +665,7 @@ pub async fn run_rtp(
             .map_or(far_future, |s| at(s.next_report())),
     );
     tokio::pin!(report_timer);
-    let mut digits = DigitsOut::new();
+    let mut digits = DigitsOut::new(sender.clock_rate());
     let end = loop {
         tokio::select! {
             biased;
@@ -840,11 +856,13 @@ struct DigitsOut {
 }
 
 impl DigitsOut {
-    fn new() -> Self {
+    /// Digits on a media clock of `clock_rate` Hz (events share the
+    /// audio's clock, RFC 4733 section 2.1).
+    fn new(clock_rate: u32) -> Self {
         let mut ticker = tokio::time::interval(std::time::Duration::from_millis(20));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         DigitsOut {
-            playout: EventPlayout::new(EventTiming::default()),
+            playout: EventPlayout::new(EventTiming::at_clock_rate(clock_rate)),
             ticker,
             waiting: Vec::new(),
             resume_with_marker: false,
@@ -1014,6 +1032,24 @@ mod tests {
         let mut short = header(101, false, 0, 1);
         short.push(1);
         assert_eq!(receiver.receive(addr(1), &short), RtpReceived::Dropped);
+    }
+
+    #[test]
+    fn an_opus_sender_steps_960_per_packet_on_its_48k_clock() {
+        let mut sender = RtpSender::new(7, 111, 0, 0).with_clock_rate(48_000);
+        assert_eq!(sender.clock_rate(), 48_000);
+        let mut out = [0u8; 200];
+        let mut stamps = Vec::new();
+        for (ms, marker) in [(0, true), (20, false), (40, false), (1_040, true)] {
+            let length = sender
+                .write(Instant::from_millis(ms), marker, &[1; 60], &mut out)
+                .expect("fits");
+            let packet = parse_rtp(&out[..length]).expect("rtp");
+            assert_eq!(packet.payload_type, 111);
+            stamps.push(packet.timestamp);
+        }
+        // Contiguous within the talkspurt; after 1 s of silence, by the clock.
+        assert_eq!(stamps, vec![0, 960, 1_920, 52 * 960]);
     }
 
     #[test]

@@ -66,7 +66,8 @@ pub fn parse_digits(digits: &str) -> Result<Vec<DigitStep>, DigitsError> {
     Ok(steps)
 }
 
-/// Timing of the digits, in RTP timestamp units (8 kHz for telephone-event/8000).
+/// Timing of the digits, in RTP timestamp units of `clock_rate` (8 kHz for
+/// telephone-event/8000; 48 kHz beside Opus).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventTiming {
     /// The packet interval (160 = 20 ms).
@@ -79,10 +80,26 @@ pub struct EventTiming {
     pub pause: u32,
     /// The volume field: the tone's power in -dBm0 (10 = -10 dBm0).
     pub volume: u8,
+    /// The events' clock (Hz).
+    pub clock_rate: u32,
 }
 
 impl EventTiming {
-    /// How long `steps` take to play at 8 kHz (keys with their gaps, pauses).
+    /// The default timing (100 ms keys, 100 ms gaps, 500 ms pauses, 20 ms
+    /// packets) on a clock of `clock_rate` Hz.
+    pub fn at_clock_rate(clock_rate: u32) -> Self {
+        let units = |ms: u32| ms * (clock_rate / 1_000);
+        EventTiming {
+            packet: units(20),
+            tone: units(100),
+            gap: units(100),
+            pause: units(500),
+            volume: 10,
+            clock_rate,
+        }
+    }
+
+    /// How long `steps` take to play (keys with their gaps, pauses).
     pub fn duration_of(&self, steps: &[DigitStep]) -> std::time::Duration {
         let units: u64 = steps
             .iter()
@@ -91,19 +108,14 @@ impl EventTiming {
                 DigitStep::Pause => u64::from(self.pause),
             })
             .sum();
-        std::time::Duration::from_millis(units / 8)
+        std::time::Duration::from_millis(units * 1_000 / u64::from(self.clock_rate.max(1)))
     }
 }
 
 impl Default for EventTiming {
+    /// On the 8 kHz clock of telephone-event/8000.
     fn default() -> Self {
-        EventTiming {
-            packet: 160,
-            tone: 800,
-            gap: 800,
-            pause: 4_000,
-            volume: 10,
-        }
+        EventTiming::at_clock_rate(8_000)
     }
 }
 
@@ -302,6 +314,14 @@ mod tests {
         let steps = parse_digits("12w").expect("digits");
         assert_eq!(
             EventTiming::default().duration_of(&steps),
+            std::time::Duration::from_millis(900)
+        );
+        // Beside Opus the events run on its 48 kHz clock: six times the
+        // units, the same time.
+        let opus = EventTiming::at_clock_rate(48_000);
+        assert_eq!((opus.packet, opus.tone, opus.pause), (960, 4_800, 24_000));
+        assert_eq!(
+            opus.duration_of(&steps),
             std::time::Duration::from_millis(900)
         );
     }

@@ -855,7 +855,8 @@ impl Driver {
                 media.codec.payload_type,
                 (seed >> 16) as u16,
                 seed as u32,
-            ),
+            )
+            .with_clock_rate(media.codec.kind.clock_rate()),
             receiver: RtpReceiver::new(media.codec.payload_type, media.telephone_event),
             tap,
             rtcp: rtcp_link(&media, rtcp_socket, (seed >> 32) as u32, epoch),
@@ -1136,7 +1137,7 @@ fn rtcp_link(
     let config = super::rtcp::RtcpConfig {
         ssrc,
         cname: format!("{seed:016x}@callingbox"),
-        clock_rate: 8_000,
+        clock_rate: media.codec.kind.clock_rate(),
         remote,
         wall_clock: super::rtcp::WallClock {
             at: now,
