@@ -6,8 +6,8 @@ use std::hint::black_box;
 use callingbox_bench::voiced_frame;
 use callingbox_codecs::opus::MAX_PACKET_BYTES;
 use callingbox_codecs::{
-    FrameDuration, G711Law, MediaTime, OpusDecoder, OpusEncoder, OpusEncoderConfig, PcmFrame,
-    Resampler, SampleRate,
+    FrameDuration, G711Law, G722Decoder, G722Encoder, MediaTime, OpusDecoder, OpusEncoder,
+    OpusEncoderConfig, PcmFrame, Resampler, SampleRate,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -25,6 +25,23 @@ fn g711(c: &mut Criterion) {
             b.iter(|| law.decode_into(black_box(&codes), MediaTime::ZERO, black_box(&mut out)))
         });
     }
+    group.finish();
+}
+
+fn g722(c: &mut Criterion) {
+    let frame = voiced_frame(SampleRate::Hz16000);
+    let mut group = c.benchmark_group("g722");
+    group.throughput(Throughput::Elements(frame.len() as u64));
+    let mut encoder = G722Encoder::new();
+    let mut codes = vec![0u8; frame.len() / 2];
+    group.bench_function("encode_20ms", |b| {
+        b.iter(|| encoder.encode(black_box(frame.samples()), black_box(&mut codes)))
+    });
+    let mut decoder = G722Decoder::new();
+    let mut out = PcmFrame::with_capacity(SampleRate::Hz16000, FrameDuration::Ms20);
+    group.bench_function("decode_20ms", |b| {
+        b.iter(|| decoder.decode_into(black_box(&codes), MediaTime::ZERO, black_box(&mut out)))
+    });
     group.finish();
 }
 
@@ -67,5 +84,5 @@ fn resample(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, g711, opus, resample);
+criterion_group!(benches, g711, g722, opus, resample);
 criterion_main!(benches);

@@ -5,6 +5,7 @@
 //! The cores are sans-IO state machines: they take timestamped inputs and
 //! return outputs, so every rule is testable on virtual time.
 
+pub mod amd;
 pub mod audio;
 pub mod clock;
 pub mod conversation;

@@ -728,6 +728,8 @@ async fn a_worker_thread_takes_calls_and_ends_when_its_handles_drop() {
             outbound: OutboundConfig::pcmu(SampleRate::Hz16000),
             gate: VadGateConfig::default(),
             turns: TurnConfig::default(),
+            inband_dtmf: false,
+            answering_machine: None,
         },
         link: None,
         epoch: std::time::Instant::now(),

@@ -23,9 +23,10 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use callingbox_engine::codecs::{G711Law, read_wav};
+use callingbox_engine::codecs::{G711Law, G722Decoder, G722Encoder, read_wav};
 use callingbox_engine::session::{MediaEvent, MediaWorker};
 use callingbox_engine::transport::rtp::parse_rtp;
+use callingbox_engine::transport::sip::sdp::{CodecKind, Offer};
 use callingbox_engine::transport::sip::{
     CallOutcome, Credentials, DialedCall, IncomingCall, LocalCarrier, OutboundCall, Route,
     SipCallRefused, SipCallSetup, SipConfig, SipDialer, SipEnd, SipEvent, SipServer, SipTrunk,
@@ -780,6 +781,13 @@ async fn an_engine_calls_another_over_the_local_carrier() {
     };
     assert_eq!(incoming.number.as_deref(), Some(CALLEE));
     assert!(incoming.from.contains(CALLER_ID), "{}", incoming.from);
+    // Our offer puts Opus first and our answer prefers it: two engines
+    // talk Opus (48 kHz clock, 960 per packet), with events on its clock.
+    assert_eq!(incoming.media.codec.kind, CodecKind::Opus, "{incoming:?}");
+    assert_eq!(
+        incoming.media.telephone_event,
+        Some(Offer::TELEPHONE_EVENT_48K)
+    );
     assert_eq!(turn(&a_all).as_deref(), Some(GREETING), "{a_all:?}");
     assert_eq!(turn(&b_all).as_deref(), Some(BOOK_TABLE), "{b_all:?}");
 
@@ -810,5 +818,117 @@ async fn an_engine_calls_another_over_the_local_carrier() {
         b_rtp.sent,
         b_rtp.audio_received,
         b_outcome.as_str()
+    );
+}
+
+/// SIPp answering `uas_answer.xml` with `pt`/`codec` in its SDP.
+fn start_sipp_answering(rtp_port: u16, pt: &str, codec: &str) -> Sipp {
+    let port = free_port();
+    let mut command = Command::new("sipp");
+    command
+        .arg("-sf")
+        .arg(fixtures("sip").join("uas_answer.xml"))
+        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-m", "1", "-nostdin", "-timeout", "40s", "-timeout_error"])
+        .args(["-set", "rtp_port", &rtp_port.to_string()])
+        .args(["-set", "pt", pt, "-set", "codec", codec]);
+    let output = tokio::task::spawn_blocking(move || command.output().expect("run sipp"));
+    Sipp {
+        address: SocketAddr::from(([127, 0, 0, 1], port)),
+        output,
+    }
+}
+
+/// Streams a 16 kHz fixture as G.722 (payload type 9): 160 bytes per 20 ms,
+/// timestamps +160 per packet (the 8 kHz clock of RFC 3551 section 4.5.2).
+async fn stream_g722(media: &Media, to: SocketAddr, fixture: &str) -> u64 {
+    let audio = read_wav(fixtures("audio").join(fixture)).expect("fixture");
+    assert_eq!(audio.rate.hz(), 16_000);
+    let mut encoder = G722Encoder::new();
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    let mut payload = [0u8; 160];
+    let mut sent = 0u64;
+    for (index, chunk) in audio.samples.chunks_exact(320).enumerate() {
+        ticker.tick().await;
+        encoder.encode(chunk, &mut payload).expect("encode");
+        let mut packet = vec![0x80, 9 | if index == 0 { 0x80 } else { 0 }];
+        packet.extend_from_slice(&(index as u16).to_be_bytes());
+        packet.extend_from_slice(&((index as u32) * 160).to_be_bytes());
+        packet.extend_from_slice(&0x5EED_0722u32.to_be_bytes());
+        packet.extend_from_slice(&payload);
+        media.socket.send_to(&packet, to).await.expect("send RTP");
+        sent += 1;
+    }
+    sent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_answers_in_g722_and_both_directions_carry_wideband_speech() {
+    if !sipp_installed() {
+        skip("sipp_answers_in_g722_and_both_directions_carry_wideband_speech");
+        return;
+    }
+    let our_rtp = 42_540;
+    let caller = start_caller(our_rtp).await;
+    let media = Media::bind().await;
+    let sipp = start_sipp_answering(media.port, "9", "G722");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let Setup {
+        setup, mut events, ..
+    } = agent_setup(BOOK_TABLE, REPLY);
+    let _call = dial(&caller, sipp.trunk(None), setup, Duration::from_secs(20)).await;
+    let mut seen = events_until(&mut events, Duration::from_secs(5), |e| {
+        *e == SipEvent::Answered || ended(e)
+    })
+    .await;
+    assert_eq!(seen.last().map(|(_, e)| e), Some(&SipEvent::Answered));
+    let ours = SocketAddr::from(([127, 0, 0, 1], our_rtp));
+    let streamed = stream_g722(&media, ours, "statement_book_table.16k.wav").await;
+    // SIPp hangs up 9 s after its 200.
+    seen.extend(events_until(&mut events, Duration::from_secs(15), ended).await);
+    let output = sipp.finish().await;
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+
+    // The engine decoded our G.722 into speech its VAD and recognizer heard as one turn.
+    let turn = seen.iter().find_map(|(_, e)| match e {
+        SipEvent::Media(MediaEvent::UserTurnEnded { text, .. }) => Some(text.clone()),
+        _ => None,
+    });
+    assert_eq!(turn.as_deref(), Some(BOOK_TABLE), "{seen:?}");
+    let Some((_, SipEvent::Ended { rtp, .. })) = seen.last() else {
+        panic!("the call ended: {seen:?}")
+    };
+    assert_eq!(rtp.audio_received, streamed, "{rtp:?}");
+
+    // The agent answered in G.722: type 9, 160 bytes, timestamps +160, and sound.
+    let received = media.received();
+    assert!(received.len() >= 25, "agent packets: {}", received.len());
+    let mut decoder = G722Decoder::new();
+    let mut pcm = [0i16; 320];
+    let mut loud = 0;
+    let mut previous_timestamp: Option<u32> = None;
+    for (_, datagram) in &received {
+        let packet = parse_rtp(datagram).expect("the engine sends valid RTP");
+        assert_eq!(packet.payload_type, 9, "the answer's codec");
+        assert_eq!(packet.payload.len(), 160);
+        if let Some(previous) = previous_timestamp {
+            assert_eq!(packet.timestamp.wrapping_sub(previous) % 160, 0);
+        }
+        previous_timestamp = Some(packet.timestamp);
+        decoder.decode(packet.payload, &mut pcm).expect("decode");
+        let energy: f64 = pcm.iter().map(|&s| f64::from(s).powi(2)).sum();
+        if (energy / pcm.len() as f64).sqrt() > 300.0 {
+            loud += 1;
+        }
+    }
+    assert!(
+        loud * 2 >= received.len(),
+        "{loud} of {} agent packets carry sound",
+        received.len()
+    );
+    assert_eq!(caller.worker.live_calls(), 0);
+    println!(
+        "G.722: callee streamed {streamed} packets, the agent sent {} G.722 packets ({loud} loud)",
+        received.len()
     );
 }

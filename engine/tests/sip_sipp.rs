@@ -9,14 +9,23 @@
 
 mod common;
 
-use common::scripted_call::{pcmu_media, scripted_conversation};
+use common::scripted_call::{
+    ScriptedConversation, pcmu_media, scripted_conversation, scripted_conversation_with,
+};
 
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use callingbox_engine::codecs::G711Law;
+use callingbox_engine::audio::dtmf::synthesize_key;
+use callingbox_engine::codecs::{G711Law, SampleRate, WavEncoding, write_wav};
+use callingbox_engine::events::ToolOutcome;
+use callingbox_engine::events::{CallEvent, Role, SegmentSource};
+use callingbox_engine::providers::scripted::{ScriptMatch, ScriptRule, ScriptedLlm};
+use callingbox_engine::providers::{ChatMessage, ProviderError};
 use callingbox_engine::session::{MediaEvent, MediaWorker};
+use callingbox_engine::tools::ToolSet;
+use callingbox_engine::transport::sip::sdp::CodecKind;
 use callingbox_engine::transport::sip::{
     IncomingCall, SipCallRefused, SipCallSetup, SipConfig, SipEnd, SipEvent, SipServer,
 };
@@ -55,17 +64,32 @@ struct Engine {
     worker: WorkerHandle,
     events: mpsc::UnboundedReceiver<SipEvent>,
     tapped: mpsc::Receiver<WirePacket>,
+    /// Each call's agent: its event stream and its model's log.
+    agents: mpsc::UnboundedReceiver<(mpsc::UnboundedReceiver<CallEvent>, ScriptedLlm)>,
 }
 
 async fn start_engine(rtp_ports: std::ops::RangeInclusive<u16>, answer_after: Duration) -> Engine {
+    start_engine_with(rtp_ports, answer_after, || {
+        scripted_conversation(&[BOOK_TABLE], &[REPLY])
+    })
+    .await
+}
+
+/// As [`start_engine`], each call's conversation from `conversation`.
+async fn start_engine_with(
+    rtp_ports: std::ops::RangeInclusive<u16>,
+    answer_after: Duration,
+    conversation: impl Fn() -> Result<ScriptedConversation, ProviderError> + Send + Sync + 'static,
+) -> Engine {
     let (events_tx, events) = mpsc::unbounded_channel();
     let (tap_tx, tapped) = mpsc::channel(4_096);
+    let (agents_tx, agents) = mpsc::unbounded_channel();
     let factory = move |_call: &IncomingCall| {
-        let conversation =
-            scripted_conversation(&[BOOK_TABLE], &[REPLY]).map_err(|error| SipCallRefused {
-                status: 503,
-                reason: error.to_string(),
-            })?;
+        let conversation = conversation().map_err(|error| SipCallRefused {
+            status: 503,
+            reason: error.to_string(),
+        })?;
+        let _ = agents_tx.send((conversation.events, conversation.llm));
         Ok(SipCallSetup {
             media: pcmu_media(),
             link: Some(conversation.link),
@@ -90,18 +114,24 @@ async fn start_engine(rtp_ports: std::ops::RangeInclusive<u16>, answer_after: Du
         worker,
         events,
         tapped,
+        agents,
     }
 }
 
 /// Runs SIPp as a UAC with `scenario` against the engine; returns its output.
 async fn run_sipp(engine: &Engine, scenario: &str) -> Output {
+    run_sipp_in(engine, scenario, fixtures("audio")).await
+}
+
+/// As [`run_sipp`], with `rtp_stream` paths relative to `media_dir`.
+async fn run_sipp_in(engine: &Engine, scenario: &str, media_dir: std::path::PathBuf) -> Output {
     let scenario = fixtures("sip").join(scenario);
     let target = engine.sip.to_string();
     let (sip_port, media_port) = (free_port(), free_port());
     tokio::task::spawn_blocking(move || {
         Command::new("sipp")
             // rtp_stream paths are relative to the working directory.
-            .current_dir(fixtures("audio"))
+            .current_dir(media_dir)
             .arg(target)
             .arg("-sf")
             .arg(scenario)
@@ -233,7 +263,7 @@ async fn sipp_cancels_while_ringing_and_gets_487() {
     let Some(SipEvent::Ringing(call)) = events.first() else {
         unreachable!()
     };
-    assert_eq!(call.media.codec.law, G711Law::ALaw);
+    assert_eq!(call.media.codec.kind, CodecKind::Pcma);
     assert!(!events.contains(&SipEvent::Answered), "{events:?}");
     assert!(
         matches!(
@@ -277,6 +307,274 @@ async fn sipp_key_presses_become_one_digit_each() {
     // Each pcap holds a whole event: start, updates, three end packets.
     assert!(rtp.event_packets >= 6, "{rtp:?}");
     assert_eq!(rtp.digits, 2, "{rtp:?}");
+
+    // The agent saw the keys as one entry (# ends it), on its transcript
+    // and in the model's context.
+    let (mut call_events, llm) = engine.agents.recv().await.expect("the call's agent");
+    let mut keypad_turns = Vec::new();
+    while let Ok(event) = call_events.try_recv() {
+        if let CallEvent::TranscriptSegment {
+            role: Role::User,
+            text,
+            source: SegmentSource::Dtmf,
+            ..
+        } = event
+        {
+            keypad_turns.push(text);
+        }
+    }
+    assert_eq!(keypad_turns, vec!["[pressed 4#]".to_owned()]);
+    let asked: Vec<String> = llm
+        .records()
+        .iter()
+        .filter_map(|record| match record.request.messages.last() {
+            Some(ChatMessage::User { content }) => Some(content.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        asked,
+        vec!["[pressed 4#]".to_owned()],
+        "the model was asked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_in_band_tones_without_telephone_event_become_keys() {
+    if !sipp_installed() {
+        skip("sipp_in_band_tones_without_telephone_event_become_keys");
+        return;
+    }
+    // Keys 7, 3, # as tones (-10 dBFS per tone, 100 ms on, 150 ms off),
+    // mu-law, as a phone without RFC 4733 sends them.
+    let dir = std::env::temp_dir().join(format!("callingbox-inband-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut tones = vec![0i16; 4_000];
+    for key in "73#".chars() {
+        synthesize_key(&mut tones, SampleRate::Hz8000, key, 100, 0.3, (1.0, 1.0));
+        synthesize_key(&mut tones, SampleRate::Hz8000, ' ', 150, 0.0, (1.0, 1.0));
+    }
+    write_wav(
+        dir.join("inband_dtmf_keys.8k.ulaw.wav"),
+        SampleRate::Hz8000,
+        &tones,
+        WavEncoding::MuLaw,
+    )
+    .expect("write tones");
+
+    let mut engine = start_engine(42_400..=42_498, Duration::ZERO).await;
+    let output = run_sipp_in(&engine, "uac_inband_dtmf.xml", dir.clone()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let events = events_until_ended(&mut engine.events, Duration::from_secs(5)).await;
+    let digits: String = events
+        .iter()
+        .filter_map(|event| match event {
+            SipEvent::Dtmf { digit } => Some(*digit),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(digits, "73#", "{events:?}");
+    let Some(SipEvent::Ended { rtp, .. }) = events.last() else {
+        panic!("the call did not end: {events:?}");
+    };
+    assert_eq!(rtp.event_packets, 0, "no RFC 4733 events: {rtp:?}");
+    let (mut call_events, llm) = engine.agents.recv().await.expect("the call's agent");
+    let mut keypad_turns = Vec::new();
+    while let Ok(event) = call_events.try_recv() {
+        if let CallEvent::TranscriptSegment {
+            role: Role::User,
+            text,
+            source: SegmentSource::Dtmf,
+            ..
+        } = event
+        {
+            keypad_turns.push(text);
+        }
+    }
+    assert_eq!(keypad_turns, vec!["[pressed 73#]".to_owned()]);
+    assert!(
+        llm.records().iter().any(|record| matches!(
+            record.request.messages.last(),
+            Some(ChatMessage::User { content }) if content == "[pressed 73#]"
+        )),
+        "the model was not asked about the keys"
+    );
+}
+
+/// An RFC 4733 packet of `event` (PT 101).
+fn event_packet(
+    sequence: u16,
+    timestamp: u32,
+    marker: bool,
+    event: u8,
+    end: bool,
+    duration: u16,
+) -> Vec<u8> {
+    let mut packet = vec![0x80, (u8::from(marker) << 7) | 101];
+    packet.extend_from_slice(&sequence.to_be_bytes());
+    packet.extend_from_slice(&timestamp.to_be_bytes());
+    packet.extend_from_slice(&0x0BAD_CAFEu32.to_be_bytes());
+    packet.extend_from_slice(&[event, (u8::from(end) << 7) | 10]);
+    packet.extend_from_slice(&duration.to_be_bytes());
+    packet
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_the_agent_sends_digits_as_rfc_4733_events() {
+    if !sipp_installed() {
+        skip("sipp_the_agent_sends_digits_as_rfc_4733_events");
+        return;
+    }
+    // The agent presses 1 2 # when the caller pressed a key.
+    let rules = || {
+        vec![
+            ScriptRule::when(ScriptMatch::ToolResultContains {
+                tool: "send_dtmf".into(),
+                contains: "sent".into(),
+            })
+            .reply("Done."),
+            ScriptRule::when(ScriptMatch::UserContains("pressed".into()))
+                .call("send_dtmf", serde_json::json!({"digits": "12#"})),
+            ScriptRule::when(ScriptMatch::Always).reply("Okay."),
+        ]
+    };
+    let tools = ToolSet::from_json(r#"[{"type":"builtin","name":"send_dtmf"}]"#).expect("tools");
+    let mut engine = start_engine_with(42_500..=42_500, Duration::ZERO, move || {
+        scripted_conversation_with(&[BOOK_TABLE], rules(), tools.clone())
+    })
+    .await;
+    // The caller's RTP is this socket (the SDP's address); SIPp sends none.
+    let sink = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let sink_port = sink.local_addr().expect("addr").port();
+    let scenario = fixtures("sip").join("uac_rtp_sink.xml");
+    let target = engine.sip.to_string();
+    let (sip_port, media_port) = (free_port(), free_port());
+    let sipp = tokio::task::spawn_blocking(move || {
+        Command::new("sipp")
+            .arg(target)
+            .arg("-sf")
+            .arg(scenario)
+            .args(["-s", "1000", "-i", "127.0.0.1", "-mi", "127.0.0.1"])
+            .args(["-p", &sip_port.to_string(), "-mp", &media_port.to_string()])
+            .args(["-key", "rtp_sink_port", &sink_port.to_string()])
+            .args(["-m", "1", "-nostdin", "-timeout", "30s", "-timeout_error"])
+            .output()
+            .expect("run sipp")
+    });
+    // Answered: press # (start, update, three ends) toward the engine's one port.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), engine.events.recv()).await {
+            Ok(Some(SipEvent::Answered)) => break,
+            Ok(Some(_)) => {}
+            other => panic!("the call was not answered: {other:?}"),
+        }
+    }
+    let engine_rtp: SocketAddr = "127.0.0.1:42500".parse().expect("addr");
+    for (i, (marker, end, duration)) in [
+        (true, false, 160),
+        (false, false, 320),
+        (false, true, 480),
+        (false, true, 480),
+        (false, true, 480),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let packet = event_packet(i as u16, 8_000, marker, 11, end, duration);
+        sink.send_to(&packet, engine_rtp).await.expect("send");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Read what the engine sends until its event packets end.
+    let mut events = Vec::new();
+    let mut buffer = [0u8; 2_048];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    while let Ok(Ok((length, _))) =
+        tokio::time::timeout_at(deadline, sink.recv_from(&mut buffer)).await
+    {
+        let packet = &buffer[..length];
+        if length == 16 && packet[1] & 0x7F == 101 {
+            let sequence = u16::from_be_bytes([packet[2], packet[3]]);
+            let timestamp = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
+            let duration = u16::from_be_bytes([packet[14], packet[15]]);
+            events.push((
+                packet[1] >> 7 == 1,
+                sequence,
+                timestamp,
+                packet[12],
+                packet[13] >> 7 == 1,
+                duration,
+            ));
+        }
+    }
+    let output = sipp.await.expect("sipp thread");
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+
+    // Three events (1, 2, #), seven packets each: a marked start, updates
+    // of growing duration, three ends; one timestamp per event.
+    let codes: Vec<u8> = events.iter().map(|e| e.3).collect();
+    assert_eq!(codes, [[1u8; 7], [2; 7], [11; 7]].concat(), "{events:?}");
+    for event in events.chunks(7) {
+        let markers: Vec<bool> = event.iter().map(|e| e.0).collect();
+        assert_eq!(
+            markers,
+            [true, false, false, false, false, false, false],
+            "{event:?}"
+        );
+        assert!(
+            event.iter().all(|e| e.2 == event[0].2),
+            "one timestamp: {event:?}"
+        );
+        let ends: Vec<bool> = event.iter().map(|e| e.4).collect();
+        assert_eq!(
+            ends,
+            [false, false, false, false, true, true, true],
+            "{event:?}"
+        );
+        let durations: Vec<u16> = event.iter().map(|e| e.5).collect();
+        assert!(durations.windows(2).all(|w| w[0] <= w[1]), "{durations:?}");
+        assert_eq!(
+            durations[4..],
+            [800, 800, 800],
+            "100 ms keys: {durations:?}"
+        );
+    }
+    // Sequence numbers go up by one through all of them; events start
+    // later in media time one after the other.
+    assert!(
+        events.windows(2).all(|w| w[1].1 == w[0].1.wrapping_add(1)),
+        "{events:?}"
+    );
+    assert!(events[7].2.wrapping_sub(events[0].2) >= 1_600, "{events:?}");
+    assert!(
+        events[14].2.wrapping_sub(events[7].2) >= 1_600,
+        "{events:?}"
+    );
+
+    // The model got the tool's result.
+    let (mut call_events, llm) = engine.agents.recv().await.expect("the call's agent");
+    let mut results = Vec::new();
+    while let Ok(event) = call_events.try_recv() {
+        if let CallEvent::ToolResult { name, outcome, .. } = event {
+            results.push((name, outcome));
+        }
+    }
+    assert_eq!(
+        results,
+        vec![(
+            "send_dtmf".to_owned(),
+            ToolOutcome::Result(serde_json::json!({"sent": "12#"}))
+        )]
+    );
+    assert!(
+        llm.records().iter().any(|r| matches!(
+            r.request.messages.last(),
+            Some(ChatMessage::Tool { content, .. }) if content.contains("12#")
+        )),
+        "the model did not see the result"
+    );
 }
 
 /// Sends `bytes` and returns the status line of each reply within `wait`.

@@ -1,7 +1,7 @@
 //! Field validation shared by the API's resources. Each check returns the
 //! message the client sees in `{"error": ...}`.
 
-use callingbox_engine::tools::{END_CALL, MAX_TOOLS};
+use callingbox_engine::tools::{BUILTINS, MAX_TOOLS};
 use serde_json::{Map, Value};
 
 /// Most fields a `returns` schema may have.
@@ -9,7 +9,7 @@ pub const MAX_RETURNS_FIELDS: usize = 50;
 /// The `returns` field types extraction can produce.
 pub const RETURNS_TYPES: [&str; 4] = ["string", "number", "integer", "boolean"];
 /// The built-in tools the engine runs.
-pub const BUILTIN_TOOLS: [&str; 1] = [END_CALL];
+pub const BUILTIN_TOOLS: [&str; 2] = BUILTINS;
 /// The languages calls can be held in (BCP-47 primary subtags).
 pub const LANGUAGES: [&str; 2] = ["en", "es"];
 /// What an agent does when a machine answers.

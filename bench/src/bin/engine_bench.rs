@@ -587,6 +587,8 @@ fn run_worker(setup: WorkerSetup) -> WorkerReport {
             use_end_of_turn_model: setup.eot,
             ..TurnConfig::default()
         },
+        inband_dtmf: false,
+        answering_machine: None,
     };
     let ramp_per_tick = setup.calls_expected.div_ceil(16).max(1);
     let now = StdInstant::now();

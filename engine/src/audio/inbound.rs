@@ -8,6 +8,8 @@
 //!   last one played) under a fade into low-level comfort noise, then comfort
 //!   noise at the background level of the call; the first frame after a gap
 //!   fades in over 5 ms. No step, no click.
+//! * G.722 (16 kHz audio on an 8 kHz RTP clock, RFC 3551 section 4.5.2)
+//!   decodes to 16 kHz and is concealed like G.711.
 //! * Opus (48 kHz RTP clock) decodes straight at the output rate (libopus
 //!   resamples internally). A loss is rebuilt from the next packet's in-band
 //!   FEC when the jitter buffer has it, else concealed by libopus's PLC.
@@ -20,7 +22,8 @@ use thiserror::Error;
 
 use crate::clock::Instant;
 use crate::codecs::{
-    CodecError, FrameDuration, G711Law, MediaTime, OpusDecoder, PcmFrame, Resampler, SampleRate,
+    CodecError, FrameDuration, G711Law, G722Decoder, MediaTime, OpusDecoder, PcmFrame, Resampler,
+    SampleRate,
 };
 
 use super::jitter::{JitterBuffer, JitterConfig, JitterError, JitterStats, Playout, PushOutcome};
@@ -45,13 +48,15 @@ pub enum InboundCodec {
     G711(G711Law),
     /// Opus, 48 kHz RTP clock, mono.
     Opus,
+    /// G.722: 16 kHz audio, 8 kHz RTP clock.
+    G722,
 }
 
 impl InboundCodec {
     /// The RTP timestamp clock rate.
     pub const fn clock_rate(self) -> u32 {
         match self {
-            InboundCodec::G711(_) => 8_000,
+            InboundCodec::G711(_) | InboundCodec::G722 => 8_000,
             InboundCodec::Opus => 48_000,
         }
     }
@@ -102,18 +107,49 @@ pub enum InboundError {
 }
 
 enum Decoder {
-    G711 {
-        law: G711Law,
-        /// 8 kHz to the output rate; None when the output is 8 kHz.
+    /// G.711 or G.722: a fixed number of bytes per 20 ms, concealed with comfort noise.
+    Waveform {
+        codec: WaveformCodec,
+        /// The codec's rate to the output rate; None when they are equal.
         resampler: Option<Box<Resampler>>,
     },
     Opus(OpusDecoder),
 }
 
+/// A codec whose packets are a fixed number of bytes per 20 ms.
+enum WaveformCodec {
+    G711(G711Law),
+    G722(Box<G722Decoder>),
+}
+
+impl WaveformCodec {
+    /// Bytes of a 20 ms payload whose decoded frame is `native_len` samples.
+    fn payload_len(&self, native_len: usize) -> usize {
+        match self {
+            WaveformCodec::G711(_) => native_len,
+            WaveformCodec::G722(_) => native_len / 2,
+        }
+    }
+
+    fn decode_into(&mut self, payload: &[u8], start: MediaTime, frame: &mut PcmFrame) {
+        match self {
+            WaveformCodec::G711(law) => law.decode_into(payload, start, frame),
+            WaveformCodec::G722(decoder) => decoder.decode_into(payload, start, frame),
+        }
+    }
+}
+
 impl std::fmt::Debug for Decoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Decoder::G711 { law, .. } => write!(f, "G711({law:?})"),
+            Decoder::Waveform {
+                codec: WaveformCodec::G711(law),
+                ..
+            } => write!(f, "G711({law:?})"),
+            Decoder::Waveform {
+                codec: WaveformCodec::G722(_),
+                ..
+            } => write!(f, "G722"),
             Decoder::Opus(_) => write!(f, "Opus"),
         }
     }
@@ -164,18 +200,25 @@ impl InboundAudio {
             ..jitter
         })?;
         let (decoder, native_rate) = match codec {
-            InboundCodec::G711(law) => {
-                let resampler = if output_rate == SampleRate::Hz8000 {
+            InboundCodec::G711(_) | InboundCodec::G722 => {
+                let (codec, codec_rate) = match codec {
+                    InboundCodec::G711(law) => (WaveformCodec::G711(law), SampleRate::Hz8000),
+                    _ => (
+                        WaveformCodec::G722(Box::new(G722Decoder::new())),
+                        SampleRate::Hz16000,
+                    ),
+                };
+                let resampler = if output_rate == codec_rate {
                     None
                 } else {
                     // Boxed once at construction: it is far larger than the Opus decoder.
                     Some(Box::new(Resampler::new(
-                        SampleRate::Hz8000,
+                        codec_rate,
                         output_rate,
                         FrameDuration::Ms20,
                     )?))
                 };
-                (Decoder::G711 { law, resampler }, SampleRate::Hz8000)
+                (Decoder::Waveform { codec, resampler }, codec_rate)
             }
             InboundCodec::Opus => (Decoder::Opus(OpusDecoder::new(output_rate)?), output_rate),
         };
@@ -261,7 +304,7 @@ impl InboundAudio {
     /// resampler and concealment start over. The decoder keeps its state.
     pub fn reset(&mut self) {
         self.jitter.reset();
-        if let Decoder::G711 {
+        if let Decoder::Waveform {
             resampler: Some(resampler),
             ..
         } = &mut self.decoder
@@ -289,9 +332,9 @@ impl InboundAudio {
         let rate = self.native_rate;
         let playout = self.jitter.pop(now);
         match (&mut self.decoder, playout) {
-            (Decoder::G711 { law, .. }, Playout::Packet { payload, .. }) => {
-                if payload.len() == len {
-                    law.decode_into(payload, start, &mut self.native);
+            (Decoder::Waveform { codec, .. }, Playout::Packet { payload, .. }) => {
+                if payload.len() == codec.payload_len(len) {
+                    codec.decode_into(payload, start, &mut self.native);
                     let fade_in = !self.last_was_stream;
                     if fade_in {
                         fade_in_from(self.native.samples_mut(), self.last[len - 1], rate);
@@ -301,7 +344,7 @@ impl InboundAudio {
                 self.stats.decode_errors += 1;
                 self.comfort_noise(start)
             }
-            (Decoder::G711 { .. }, Playout::Lost { .. } | Playout::Filler) => {
+            (Decoder::Waveform { .. }, Playout::Lost { .. } | Playout::Filler) => {
                 self.comfort_noise(start)
             }
             (Decoder::Opus(decoder), Playout::Packet { payload, .. }) => {
@@ -405,7 +448,7 @@ impl InboundAudio {
 
     fn emit(&mut self, out: &mut PcmFrame) {
         match &mut self.decoder {
-            Decoder::G711 {
+            Decoder::Waveform {
                 resampler: Some(resampler),
                 ..
             } => {

@@ -5,7 +5,9 @@
 //! frames to the rate VAD and ASR consume ([`inbound`]).
 //! Out: the agent's speech is encoded and queued for paced sending, and
 //! flushed at once on a barge-in ([`outbound`]).
+//! Keys: in-band DTMF tones in the decoded audio ([`dtmf`]).
 
+pub mod dtmf;
 pub mod inbound;
 pub mod jitter;
 pub mod outbound;

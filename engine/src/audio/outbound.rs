@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use callingbox_codecs::opus::MAX_PACKET_BYTES;
 use callingbox_codecs::{
-    CodecError, FrameDuration, Framer, G711Law, OpusEncoder, OpusEncoderConfig, PcmFrame,
-    Resampler, SampleRate,
+    CodecError, FrameDuration, Framer, G711Law, G722Encoder, OpusEncoder, OpusEncoderConfig,
+    PcmFrame, Resampler, SampleRate,
 };
 use thiserror::Error;
 
@@ -24,6 +24,8 @@ pub enum WireCodec {
     G711(G711Law),
     /// Opus at 48 kHz (WebRTC, modern trunks).
     Opus,
+    /// G.722 at 16 kHz (160 bytes per 20 ms).
+    G722,
 }
 
 impl WireCodec {
@@ -32,13 +34,14 @@ impl WireCodec {
         match self {
             WireCodec::G711(_) => SampleRate::Hz8000,
             WireCodec::Opus => SampleRate::Hz48000,
+            WireCodec::G722 => SampleRate::Hz16000,
         }
     }
 
     /// The largest payload one 20 ms frame can encode to.
     fn max_payload(self) -> usize {
         match self {
-            WireCodec::G711(_) => 160,
+            WireCodec::G711(_) | WireCodec::G722 => 160,
             // 20 ms at up to 64 kbit/s is 160 bytes; leave room for FEC and bursts.
             WireCodec::Opus => 400,
         }
@@ -103,6 +106,7 @@ pub struct Flushed {
 enum Encoder {
     G711(G711Law),
     Opus(Box<OpusEncoder>),
+    G722(Box<G722Encoder>),
 }
 
 /// The outbound audio of one call leg.
@@ -145,6 +149,7 @@ impl OutboundAudio {
             .transpose()?;
         let encoder = match config.codec {
             WireCodec::G711(law) => Encoder::G711(law),
+            WireCodec::G722 => Encoder::G722(Box::new(G722Encoder::new())),
             WireCodec::Opus => Encoder::Opus(Box::new(OpusEncoder::new(
                 SampleRate::Hz48000,
                 OpusEncoderConfig::default(),
@@ -235,6 +240,7 @@ impl OutboundAudio {
                 frame.len()
             }
             Encoder::Opus(encoder) => encoder.encode(frame, &mut self.scratch)?,
+            Encoder::G722(encoder) => encoder.encode(frame.samples(), &mut self.scratch)?,
         };
         // An Opus packet larger than a slot (never at our bitrate) is cut to
         // silence rather than corrupting its neighbours.

@@ -11,7 +11,9 @@
 //! of [`OutboundFrame`]s that the transport drains at real-time pace; on an
 //! interruption the transport flushes what it still holds of that reply.
 
+pub mod call_control;
 pub mod clauses;
+pub mod keypad;
 pub mod played;
 mod turn;
 
@@ -35,6 +37,7 @@ use crate::events::{
 use crate::providers::{ChatMessage, LlmProvider, TtsProvider};
 use crate::tools::http::HttpToolRunner;
 use crate::tools::{ToolLimits, ToolSet, confirm};
+use keypad::{KeypadCollector, KeypadConfig, KeypadEntry};
 use played::ClauseAudio;
 use turn::{Shared, TimedLlmStream, TurnContext, TurnOutcome, TurnProgress, lock};
 
@@ -89,6 +92,8 @@ pub struct AgentConfig {
     pub nominal_speech_per_char: Duration,
     /// The HTTP client for tools (shares a connection pool); a default one if `None`.
     pub http_client: Option<reqwest::Client>,
+    /// How keys the caller presses are grouped into one user turn.
+    pub keypad: KeypadConfig,
     /// The longest the model may take to its first event, or between two
     /// events, before it counts as failed and the call ends with the error
     /// (a caller must never be left in silence by a hung provider).
@@ -108,6 +113,7 @@ impl Default for AgentConfig {
             min_words_before_comma: 5,
             nominal_speech_per_char: Duration::from_millis(60),
             http_client: None,
+            keypad: KeypadConfig::default(),
             llm_timeout: Duration::from_secs(15),
         }
     }
@@ -179,6 +185,7 @@ enum Command {
     Say(String),
     Resume,
     HangUp(EndedBy, String),
+    Key(char),
     ProviderFailed(ProviderRole, String),
     Shutdown,
 }
@@ -201,6 +208,22 @@ pub struct AgentSpeaker {
     commands: mpsc::UnboundedSender<Command>,
 }
 
+/// A cloneable handle for the caller's keypad: the transports hand it the
+/// DTMF keys they receive (RFC 4733 events, a media-stream `dtmf` message,
+/// in-band tones), the same way for every transport.
+#[derive(Debug, Clone)]
+pub struct AgentKeypad {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl AgentKeypad {
+    /// The caller pressed `key` (`0`-`9`, `*`, `#`, `A`-`D`; others are
+    /// ignored) now, on the call's clock.
+    pub fn press(&self, key: char) {
+        let _ = self.commands.send(Command::Key(key));
+    }
+}
+
 impl AgentSpeaker {
     /// Speaks `text` as the agent (as [`AgentHandle::say`]).
     pub fn say(&self, text: &str) {
@@ -214,6 +237,26 @@ impl AgentHandle {
         AgentSpeaker {
             commands: self.commands.clone(),
         }
+    }
+
+    /// A handle that can only press keys (see [`AgentKeypad`]).
+    pub fn keypad(&self) -> AgentKeypad {
+        AgentKeypad {
+            commands: self.commands.clone(),
+        }
+    }
+
+    /// The transport's end of the call-control seam (see [`call_control`]):
+    /// from now on the agent's `send_dtmf` asks the returned receiver.
+    pub fn attach_call_control(&self) -> call_control::CallControlRequests {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.shared).call_control = Some(tx);
+        rx
+    }
+
+    /// The caller pressed `key` now (as [`AgentKeypad::press`]).
+    pub fn press_key(&self, key: char) {
+        self.send(Command::Key(key));
     }
 
     /// The call's clock (time since the call started).
@@ -334,6 +377,7 @@ impl Drop for AbortOnDrop {
 enum Step {
     Command(Option<Command>),
     TurnDone(TurnOutcome),
+    KeypadTimeout,
 }
 
 /// One call's conversation, run by [`AgentLoop::spawn`] on its own task.
@@ -355,6 +399,8 @@ pub struct AgentLoop {
     tools_running: Arc<std::sync::atomic::AtomicU32>,
     /// What the caller did not hear of the last interrupted reply.
     unplayed: Option<String>,
+    /// Keys pressed since the last keypad entry ended.
+    keypad: KeypadCollector,
 }
 
 impl AgentLoop {
@@ -366,6 +412,7 @@ impl AgentLoop {
         audio_out: mpsc::Sender<OutboundFrame>,
     ) -> (AgentHandle, mpsc::UnboundedReceiver<CallEvent>) {
         let clock = CallClock::start_now();
+        let config_keypad = config.keypad;
         let (events, event_rx) = EventSender::channel(Instant::ZERO);
         let (command_tx, command_rx) = mpsc::unbounded_channel();
         let tools_running = Arc::new(std::sync::atomic::AtomicU32::new(0));
@@ -396,6 +443,7 @@ impl AgentLoop {
             turns: 0,
             tools_running: Arc::clone(&tools_running),
             unplayed: None,
+            keypad: KeypadCollector::new(config_keypad),
         };
         let task = tokio::spawn(agent.run());
         let handle = AgentHandle {
@@ -419,16 +467,30 @@ impl AgentLoop {
                         None => std::future::pending().await,
                     }
                 };
+                let keypad_deadline = self.keypad.deadline().map(|at| self.clock.to_tokio(at));
+                let keypad_timeout = async {
+                    match keypad_deadline {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     biased;
                     command = commands.recv() => Step::Command(command),
                     outcome = turn_done => Step::TurnDone(outcome),
+                    () = keypad_timeout => Step::KeypadTimeout,
                 }
             };
             let keep_going = match step {
                 Step::Command(None) | Step::Command(Some(Command::Shutdown)) => false,
                 Step::Command(Some(command)) => self.handle(command),
                 Step::TurnDone(outcome) => self.finish_turn(outcome),
+                Step::KeypadTimeout => {
+                    if let Some(entry) = self.keypad.poll(self.clock.now()) {
+                        self.commit_keypad(entry);
+                    }
+                    true
+                }
             };
             if !keep_going {
                 break;
@@ -461,6 +523,11 @@ impl AgentLoop {
                 self.end(by, &reason);
                 return false;
             }
+            Command::Key(key) => {
+                if let Some(entry) = self.keypad.press(key, self.clock.now()) {
+                    self.commit_keypad(entry);
+                }
+            }
             Command::ProviderFailed(provider, error) => {
                 self.interrupt(None);
                 self.fail(provider, error);
@@ -469,6 +536,19 @@ impl AgentLoop {
             Command::Shutdown => return false,
         }
         true
+    }
+
+    /// A finished keypad entry is a user turn like a spoken one: reported
+    /// on the transcript (source `dtmf`) and answered by the model.
+    fn commit_keypad(&mut self, entry: KeypadEntry) {
+        self.speculation = None;
+        self.commit(UserTurn {
+            text: entry.as_user_text(),
+            speech_started_at: Some(entry.first_at),
+            speech_ended_at: Some(entry.last_at),
+            transcript_final_at: Some(entry.last_at),
+            source: SegmentSource::Dtmf,
+        });
     }
 
     fn speculate(&mut self, text: String) {

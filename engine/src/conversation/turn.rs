@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::call_control::{CallControl, CallControlReply};
 use super::clauses::ClauseSplitter;
 use super::{CallClock, OutboundFrame};
 use crate::clock::Instant;
@@ -25,7 +26,7 @@ use crate::providers::{
     ChatMessage, LlmEvent, LlmProvider, LlmRequest, ProviderError, ToolCallRequest, TtsProvider,
 };
 use crate::tools::http::HttpToolRunner;
-use crate::tools::{END_CALL, ToolDefinition, ToolLimits, ToolPolicy, ToolSet, confirm};
+use crate::tools::{END_CALL, SEND_DTMF, ToolDefinition, ToolLimits, ToolPolicy, ToolSet, confirm};
 
 /// LLM output stamped with the engine time it arrived.
 pub(super) type TimedLlmStream = BoxStream<'static, (Instant, Result<LlmEvent, ProviderError>)>;
@@ -45,6 +46,8 @@ pub(super) struct Shared {
     pub version: u64,
     /// The current turn's progress.
     pub progress: TurnProgress,
+    /// Where call-control tools send their requests (the transport attached).
+    pub call_control: Option<mpsc::UnboundedSender<CallControl>>,
 }
 
 impl Shared {
@@ -400,6 +403,18 @@ fn run_tool(ctx: &TurnContext, call: ToolCallRequest, write_used: &mut bool) -> 
         ToolDefinition::Builtin(builtin) if builtin.kind() == END_CALL => {
             return immediate(ToolOutcome::Result(json!({"status": "ending_call"})), true);
         }
+        ToolDefinition::Builtin(builtin) if builtin.kind() == SEND_DTMF => {
+            let (request, playing) = match send_dtmf_request(&arguments) {
+                Ok(request) => request,
+                Err(error) => return immediate(ToolOutcome::Error(error), false),
+            };
+            // Long strings take longer than the usual built-in deadline to play.
+            let deadline = ctx
+                .limits
+                .timeout_for(tool)
+                .max(playing + Duration::from_secs(2));
+            return run_call_control(ctx, call, deadline, "send keypad digits", request);
+        }
         ToolDefinition::Builtin(builtin) => {
             return immediate(
                 ToolOutcome::Error(format!("built-in {:?} is not available", builtin.kind())),
@@ -429,6 +444,79 @@ fn run_tool(ctx: &TurnContext, call: ToolCallRequest, write_used: &mut bool) -> 
         };
         record_tool_result(&shared, &events, &call, outcome, clock.now() - started);
         // The turn may have been interrupted; the result is recorded anyway.
+        let _ = done_tx.send(());
+    });
+    ToolStart::Running(done_rx)
+}
+
+/// The `send_dtmf` request for the model's arguments, or why there is none.
+/// With it, how long the digits take to play.
+fn send_dtmf_request(
+    arguments: &serde_json::Value,
+) -> Result<(impl FnOnce(CallControlReply) -> CallControl, Duration), String> {
+    let text = arguments
+        .get("digits")
+        .and_then(serde_json::Value::as_str)
+        .ok_or("send_dtmf needs a \"digits\" string argument")?
+        .to_owned();
+    let digits = crate::transport::rtp_events::parse_digits(&text).map_err(|e| e.to_string())?;
+    let playing = crate::transport::rtp_events::EventTiming::default().duration_of(&digits);
+    let request = move |reply| CallControl::SendDigits {
+        digits,
+        text,
+        reply,
+    };
+    Ok((request, playing))
+}
+
+/// Sends a call-control request to the transport and records its answer
+/// (or why there is none) as the tool's result.
+fn run_call_control(
+    ctx: &TurnContext,
+    call: ToolCallRequest,
+    deadline: Duration,
+    what: &str,
+    request: impl FnOnce(CallControlReply) -> CallControl,
+) -> ToolStart {
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let sent = lock(&ctx.shared)
+        .call_control
+        .as_ref()
+        .map(|control| control.send(request(reply_tx)).is_ok());
+    let unavailable = match sent {
+        None => Some(format!("this call's connection cannot {what}")),
+        Some(false) => Some("the call is over".to_owned()),
+        Some(true) => None,
+    };
+    if let Some(error) = unavailable {
+        record_tool_result(
+            &ctx.shared,
+            &ctx.events,
+            &call,
+            ToolOutcome::Error(error),
+            Duration::ZERO,
+        );
+        return ToolStart::Done { ends_call: false };
+    }
+    let (done_tx, done_rx) = oneshot::channel();
+    let shared = Arc::clone(&ctx.shared);
+    let events = ctx.events.clone();
+    let cancel = ctx.cancel.clone();
+    let clock = ctx.clock;
+    let running = ToolRunningGuard::enter(Arc::clone(&ctx.tools_running));
+    ctx.tracker.spawn(async move {
+        let _running = running;
+        let started = clock.now();
+        let outcome = tokio::select! {
+            () = cancel.cancelled() => ToolOutcome::Error("the call ended before the tool answered".into()),
+            result = tokio::time::timeout(deadline, reply_rx) => match result {
+                Err(_) => ToolOutcome::Error(format!("the call did not answer within {} ms", deadline.as_millis())),
+                Ok(Err(_)) => ToolOutcome::Error("the call ended before the request was done".into()),
+                Ok(Ok(Err(error))) => ToolOutcome::Error(error),
+                Ok(Ok(Ok(value))) => ToolOutcome::Result(value),
+            },
+        };
+        record_tool_result(&shared, &events, &call, outcome, clock.now() - started);
         let _ = done_tx.send(());
     });
     ToolStart::Running(done_rx)

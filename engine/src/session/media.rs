@@ -16,6 +16,8 @@ use std::time::Duration;
 use callingbox_codecs::{FrameDuration, PcmFrame, SampleRate};
 use thiserror::Error;
 
+use crate::amd::{AnswerDecision, AnsweringMachine, AnsweringMachineConfig, MessageCue};
+use crate::audio::dtmf::{DtmfDetector, DtmfDetectorConfig};
 use crate::audio::{
     InboundAudio, InboundCodec, InboundError, OutboundAudio, OutboundConfig, OutboundError,
     OutboundPacket, PushOutcome,
@@ -45,6 +47,12 @@ pub struct CallMediaConfig {
     pub gate: VadGateConfig,
     /// The turn machine's thresholds.
     pub turns: TurnConfig,
+    /// Listen for DTMF tones in the caller's audio (the SIP transport turns
+    /// this on for calls that negotiated no RFC 4733 telephone-event).
+    pub inband_dtmf: bool,
+    /// Answering-machine detection from the start of the media (`None`:
+    /// none). The SIP server runs it on outbound calls only.
+    pub answering_machine: Option<AnsweringMachineConfig>,
 }
 
 /// A call's media that cannot be set up.
@@ -113,6 +121,11 @@ pub enum MediaEvent {
         /// Frames thrown away.
         flushed_frames: usize,
     },
+    /// The caller pressed a key, heard as in-band DTMF tones.
+    KeyPressed {
+        /// `0`-`9`, `*`, `#`, `A`-`D`.
+        key: char,
+    },
     /// The interruption was noise: resume the agent.
     ResumeAgent,
     /// The user has been silent a while: check on them.
@@ -134,6 +147,16 @@ pub enum MediaEvent {
         /// When the last packet left.
         at: Instant,
     },
+    /// Answering-machine detection decided who answered.
+    AnsweredBy(AnswerDecision),
+    /// A machine answered and its greeting is over: speak this voicemail
+    /// message (the call ends after it).
+    LeaveVoicemail {
+        /// The message.
+        text: String,
+        /// What told it was time.
+        cue: MessageCue,
+    },
 }
 
 /// One call's media core.
@@ -153,6 +176,8 @@ pub struct CallMedia {
     last_agent_packet: Option<Instant>,
     events: Vec<MediaEvent>,
     late_windows: u64,
+    dtmf: Option<DtmfDetector>,
+    answering_machine: Option<AnsweringMachine>,
 }
 
 impl CallMedia {
@@ -172,6 +197,12 @@ impl CallMedia {
             last_agent_packet: None,
             events: Vec::with_capacity(16),
             late_windows: 0,
+            dtmf: config
+                .inband_dtmf
+                .then(|| DtmfDetector::new(SampleRate::Hz16000, DtmfDetectorConfig::default())),
+            answering_machine: config
+                .answering_machine
+                .map(|config| AnsweringMachine::new(config, now)),
         })
     }
 
@@ -193,6 +224,13 @@ impl CallMedia {
     /// this frame completed one.
     pub fn pull_audio(&mut self, now: Instant) -> (&PcmFrame, Option<(&[i16], Instant)>) {
         self.inbound.next_frame(now, &mut self.frame);
+        if let Some(key) = self
+            .dtmf
+            .as_mut()
+            .and_then(|dtmf| dtmf.push(self.frame.samples()))
+        {
+            self.events.push(MediaEvent::KeyPressed { key });
+        }
         for &sample in self.frame.samples() {
             self.history[self.history_next] = sample;
             self.history_next = (self.history_next + 1) % TURN_AUDIO_MAX;
@@ -203,6 +241,9 @@ impl CallMedia {
             self.window.drain(..VAD_WINDOW);
         }
         self.window.extend_from_slice(self.frame.samples());
+        if let Some(machine) = &mut self.answering_machine {
+            machine.on_audio(now, self.frame.samples(), &mut self.events);
+        }
         if self.window.len() >= VAD_WINDOW {
             let overhang = (self.window.len() - VAD_WINDOW) as u64;
             let window_end = now - Duration::from_micros(overhang * 1_000_000 / 16_000);
@@ -215,6 +256,12 @@ impl CallMedia {
     /// Tick step 2: the VAD's speech probability for the window
     /// [`Self::pull_audio`] returned.
     pub fn on_vad(&mut self, now: Instant, window_end: Instant, probability: f32) {
+        if let Some(machine) = &mut self.answering_machine {
+            machine.on_vad(window_end, probability, &mut self.events);
+            if machine.mutes_caller() {
+                return;
+            }
+        }
         if let Some(event) = self.gate.push(window_end, probability) {
             self.feed(now, TurnInput::Vad(event));
         }
@@ -229,11 +276,17 @@ impl CallMedia {
 
     /// The recognizer began an utterance whose final it owes.
     pub fn on_utterance_started(&mut self, now: Instant) {
+        if self.caller_muted() {
+            return;
+        }
         self.feed(now, TurnInput::UtteranceStarted);
     }
 
     /// A streaming recognizer result.
     pub fn on_transcript(&mut self, now: Instant, text: &str, is_final: bool) {
+        if self.caller_muted() {
+            return;
+        }
         self.feed(now, TurnInput::Transcript { text, is_final });
     }
 
@@ -317,6 +370,23 @@ impl CallMedia {
     /// Tick step 3: the turn machine's timers fire.
     pub fn tick(&mut self, now: Instant) {
         self.feed(now, TurnInput::Tick);
+        if let Some(machine) = &mut self.answering_machine {
+            machine.poll(now, self.agent_speaking, &mut self.events);
+        }
+    }
+
+    /// The answering-machine detector's decision, once made (`None` also
+    /// when the call runs no detection).
+    pub fn answered_by(&self) -> Option<AnswerDecision> {
+        self.answering_machine
+            .as_ref()
+            .and_then(AnsweringMachine::decision)
+    }
+
+    fn caller_muted(&self) -> bool {
+        self.answering_machine
+            .as_ref()
+            .is_some_and(AnsweringMachine::mutes_caller)
     }
 
     /// Drops all queued agent audio (a new user turn supersedes the reply
@@ -391,6 +461,13 @@ impl CallMedia {
                 TurnOutput::ResumeAgent => MediaEvent::ResumeAgent,
                 TurnOutput::IdlePrompt => MediaEvent::IdlePrompt,
                 TurnOutput::Hangup { reason } => MediaEvent::Hangup { reason },
+            };
+            let event = match &mut self.answering_machine {
+                Some(machine) => match machine.filter(event) {
+                    Some(event) => event,
+                    None => continue,
+                },
+                None => event,
             };
             self.events.push(event);
         }

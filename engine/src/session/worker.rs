@@ -422,8 +422,10 @@ fn act_on(link: &ConversationLink, event: &MediaEvent) {
         MediaEvent::Hangup { reason } => {
             link.agent.hang_up(EndedBy::System, &format!("{reason:?}"))
         }
+        MediaEvent::KeyPressed { key } => link.agent.press_key(*key),
         MediaEvent::ResumeAgent => link.agent.resume(),
         MediaEvent::IdlePrompt => link.agent.say(IDLE_PROMPT),
+        MediaEvent::LeaveVoicemail { text, .. } => link.agent.say(text),
         _ => {}
     }
 }

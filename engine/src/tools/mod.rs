@@ -17,6 +17,11 @@ pub const MAX_TOOLS: usize = 16;
 
 /// The name of the built-in that hangs up after the agent's last words.
 pub const END_CALL: &str = "end_call";
+/// The name of the built-in that plays keypad digits to the far end
+/// (argument `digits`: `0`-`9`, `*`, `#`, `A`-`D`, `w` for a pause).
+pub const SEND_DTMF: &str = "send_dtmf";
+/// Every built-in this engine has.
+pub const BUILTINS: [&str; 2] = [END_CALL, SEND_DTMF];
 
 /// When the model may run a tool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -123,6 +128,28 @@ impl ToolDefinition {
     }
 }
 
+/// A `send_dtmf` given without its own description or arguments gets the
+/// engine's, so the model knows to pass `digits`.
+fn fill_builtin_schema(tool: &mut BuiltinTool) {
+    if tool.kind() != SEND_DTMF {
+        return;
+    }
+    if tool.description.is_empty() {
+        tool.description =
+            "Press keys on the phone keypad (to navigate a phone menu or enter a number). \
+             digits: 0-9, *, #, A-D; w pauses half a second."
+                .into();
+    }
+    if tool.parameters == empty_parameters() {
+        tool.parameters = serde_json::json!({
+            "type": "object",
+            "properties": {"digits": {"type": "string", "description": "The keys to press, e.g. \"1\" or \"1234#\""}},
+            "required": ["digits"],
+            "additionalProperties": false,
+        });
+    }
+}
+
 fn empty_parameters() -> serde_json::Value {
     serde_json::json!({"type": "object", "properties": {}, "required": [], "additionalProperties": false})
 }
@@ -161,7 +188,7 @@ pub struct ToolSet {
 impl ToolSet {
     /// Validates `tools`: at most [`MAX_TOOLS`], unique non-empty names,
     /// http(s) URLs, known built-ins.
-    pub fn new(tools: Vec<ToolDefinition>) -> Result<ToolSet, ToolSetError> {
+    pub fn new(mut tools: Vec<ToolDefinition>) -> Result<ToolSet, ToolSetError> {
         if tools.len() > MAX_TOOLS {
             return Err(ToolSetError::TooMany(tools.len()));
         }
@@ -185,10 +212,15 @@ impl ToolSet {
                     }
                 }
                 ToolDefinition::Builtin(t) => {
-                    if t.kind() != END_CALL {
+                    if !BUILTINS.contains(&t.kind()) {
                         return Err(ToolSetError::UnknownBuiltin(t.kind().to_owned()));
                     }
                 }
+            }
+        }
+        for tool in &mut tools {
+            if let ToolDefinition::Builtin(t) = tool {
+                fill_builtin_schema(t);
             }
         }
         Ok(ToolSet { tools })
@@ -288,6 +320,24 @@ mod tests {
         assert_eq!(limits.timeout_for(lookup), Duration::from_secs(2));
         let book = set.get("book").expect("book");
         assert_eq!(limits.timeout_for(book), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn send_dtmf_gets_its_digits_argument_unless_given_one() {
+        let set = ToolSet::from_json(
+            r#"[{"type":"builtin","name":"send_dtmf"},
+            {"type":"builtin","name":"keys","builtin":"send_dtmf","description":"Mine",
+             "parameters":{"type":"object","properties":{"keys":{"type":"string"}}}}]"#,
+        )
+        .expect("valid");
+        let schemas = set.schemas();
+        assert_eq!(
+            schemas[0].parameters["required"],
+            serde_json::json!(["digits"])
+        );
+        assert!(schemas[0].description.contains("keypad"));
+        assert_eq!(schemas[1].description, "Mine");
+        assert!(schemas[1].parameters["properties"]["keys"].is_object());
     }
 
     #[test]

@@ -722,7 +722,7 @@ pub enum StreamEvent {
     Started(StreamStart),
     /// A media event of the call (turns, barge-ins, agent audio).
     Media(MediaEvent),
-    /// The caller pressed a key (the engine has no DTMF path yet).
+    /// The caller pressed a key (also handed to the agent as keypad input).
     Dtmf {
         /// `0`-`9`, `*`, `#`, `A`-`D`.
         digit: char,
@@ -832,6 +832,7 @@ struct ActiveCall {
     outputs: mpsc::Receiver<CallOutput>,
     events: Option<mpsc::UnboundedSender<StreamEvent>>,
     cancel: CancellationToken,
+    keypad: Option<crate::conversation::AgentKeypad>,
 }
 
 impl ActiveCall {
@@ -993,6 +994,9 @@ async fn on_text(
         },
         Ok(Received::Dtmf { digit }) => {
             if let Some(call) = call {
+                if let Some(keypad) = &call.keypad {
+                    keypad.press(digit);
+                }
                 call.report(StreamEvent::Dtmf { digit });
             }
             Step::Continue
@@ -1021,6 +1025,7 @@ async fn open_call(server: &MediaStreamServer, start: &StreamStart) -> Result<Ac
         events,
         cancel,
     } = setup;
+    let keypad = link.as_ref().map(|link| link.agent.keypad());
     let spec = CallSpec {
         config: media,
         link,
@@ -1032,6 +1037,7 @@ async fn open_call(server: &MediaStreamServer, start: &StreamStart) -> Result<Ac
             outputs: hosted.outputs,
             events,
             cancel,
+            keypad,
         }),
         Err(error) => {
             // The link went down with the refused call; stop the rest.

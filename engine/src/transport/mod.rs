@@ -16,6 +16,7 @@
 pub mod media_stream;
 pub mod rtcp;
 pub mod rtp;
+pub mod rtp_events;
 pub mod sip;
 pub mod webrtc;
 

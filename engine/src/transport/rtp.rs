@@ -23,9 +23,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::rtcp::{self, REPORT_MAX, RtcpSession, RtcpStats};
+use super::rtp_events::{EventPlayout, EventTiming};
 use super::sip::reinvite::MediaUpdate;
 use super::{CallOutput, WirePacket, WorkerHandle};
 use crate::clock::Instant;
+use crate::conversation::call_control::{CallControl, CallControlRequests};
 use crate::session::{CallKey, MediaEvent};
 
 /// Bytes of a fixed RTP header.
@@ -119,8 +121,9 @@ pub fn parse_rtp(datagram: &[u8]) -> Result<RtpPacket<'_>, RtpError> {
 }
 
 /// Numbers our outgoing packets: one SSRC, a sequence +1 per packet, a
-/// timestamp +160 per packet within a talkspurt and following the clock
-/// across the silences between them (RFC 3550, section 5.1).
+/// timestamp one 20 ms frame on per packet within a talkspurt (160 at an
+/// 8 kHz clock, 960 for Opus's 48 kHz) and following the clock across the
+/// silences between them (RFC 3550, section 5.1).
 #[derive(Debug, Clone)]
 pub struct RtpSender {
     ssrc: u32,
@@ -130,6 +133,8 @@ pub struct RtpSender {
     started: Option<Instant>,
     last_timestamp: Option<u32>,
     packets: u64,
+    /// Timestamp units per 20 ms packet.
+    frame_step: u32,
 }
 
 impl RtpSender {
@@ -143,7 +148,20 @@ impl RtpSender {
             started: None,
             last_timestamp: None,
             packets: 0,
+            frame_step: SAMPLES_PER_PACKET,
         }
+    }
+
+    /// The same sender on a media clock of `clock_rate` Hz (8,000 unless
+    /// told: 48,000 for Opus).
+    pub fn with_clock_rate(mut self, clock_rate: u32) -> Self {
+        self.frame_step = clock_rate / 50;
+        self
+    }
+
+    /// The media clock rate (Hz).
+    pub fn clock_rate(&self) -> u32 {
+        self.frame_step * 50
     }
 
     /// Our SSRC.
@@ -154,6 +172,48 @@ impl RtpSender {
     /// Packets written.
     pub fn packets(&self) -> u64 {
         self.packets
+    }
+
+    /// The media timestamp the clock is at by `now` (rounded to a frame,
+    /// never behind the packets already sent): where an RFC 4733 event
+    /// starting now begins.
+    pub fn clock_timestamp(&mut self, now: Instant) -> u32 {
+        let started = *self.started.get_or_insert(now);
+        let frames = (now.saturating_since(started).as_micros() + 10_000) / 20_000;
+        let by_clock = self
+            .first_timestamp
+            .wrapping_add((frames as u32).wrapping_mul(self.frame_step));
+        match self.last_timestamp {
+            Some(last) if by_clock.wrapping_sub(last) >= u32::MAX / 2 => last,
+            _ => by_clock,
+        }
+    }
+
+    /// Writes a telephone-event packet (RFC 4733): payload type
+    /// `payload_type`, the event's own `timestamp` (its start), into `out`;
+    /// returns its length, or `None` if `out` is too small. The audio after
+    /// it must start a new talkspurt (marker), so its timestamp follows the clock.
+    pub fn write_event(
+        &mut self,
+        payload_type: u8,
+        marker: bool,
+        timestamp: u32,
+        payload: &[u8; 4],
+        out: &mut [u8],
+    ) -> Option<usize> {
+        let length = RTP_HEADER_LEN + payload.len();
+        if out.len() < length {
+            return None;
+        }
+        out[0] = 0x80;
+        out[1] = (u8::from(marker) << 7) | (payload_type & 0x7F);
+        out[2..4].copy_from_slice(&self.sequence.to_be_bytes());
+        out[4..8].copy_from_slice(&timestamp.to_be_bytes());
+        out[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
+        out[RTP_HEADER_LEN..length].copy_from_slice(payload);
+        self.sequence = self.sequence.wrapping_add(1);
+        self.packets += 1;
+        Some(length)
     }
 
     /// Writes the packet for `payload` sent at `now` into `out`; returns its
@@ -172,7 +232,7 @@ impl RtpSender {
         let started = *self.started.get_or_insert(now);
         let timestamp = match self.last_timestamp {
             // Within a talkspurt the audio is contiguous: exactly one frame on.
-            Some(last) if !marker => last.wrapping_add(SAMPLES_PER_PACKET),
+            Some(last) if !marker => last.wrapping_add(self.frame_step),
             Some(last) => {
                 // After a silence: where the clock says, rounded to a frame,
                 // and never behind the talkspurt before.
@@ -180,8 +240,8 @@ impl RtpSender {
                 let frames = (elapsed.as_micros() + 10_000) / 20_000;
                 let by_clock = self
                     .first_timestamp
-                    .wrapping_add((frames as u32).wrapping_mul(SAMPLES_PER_PACKET));
-                let next = last.wrapping_add(SAMPLES_PER_PACKET);
+                    .wrapping_add((frames as u32).wrapping_mul(self.frame_step));
+                let next = last.wrapping_add(self.frame_step);
                 // Serial-number comparison: is `by_clock` ahead of `next`?
                 if by_clock.wrapping_sub(next) < u32::MAX / 2 {
                     by_clock
@@ -510,6 +570,10 @@ pub struct RtpCall {
     /// A copy of each agent packet sent (call recording, tests); a full
     /// channel drops copies, never delays the call.
     pub tap: Option<mpsc::Sender<WirePacket>>,
+    /// The agent's call-control requests (`send_dtmf`), if it has any.
+    pub call_control: Option<CallControlRequests>,
+    /// The negotiated telephone-event payload type (none: digits cannot be sent).
+    pub event_payload_type: Option<u8>,
     /// The call's RTCP, if it has any.
     pub rtcp: Option<RtcpLink>,
     /// Hold, resume and moves of the peer's address (re-INVITEs).
@@ -578,6 +642,8 @@ pub async fn run_rtp(
         tap,
         rtcp,
         mut control,
+        mut call_control,
+        event_payload_type,
     } = call;
     let mut held = false;
     let (rtcp_socket, mut rtcp_session) = match rtcp {
@@ -599,17 +665,57 @@ pub async fn run_rtp(
             .map_or(far_future, |s| at(s.next_report())),
     );
     tokio::pin!(report_timer);
+    let mut digits = DigitsOut::new(sender.clock_rate());
     let end = loop {
         tokio::select! {
             biased;
-            () = stop.cancelled() => break RtpEnd::Stopped,
+            () = stop.cancelled() => {
+                // What the worker reported before the stop (often what led
+                // to it: a hang-up, a decision) still reaches the application.
+                while let Ok(output) = outputs.try_recv() {
+                    if let CallOutput::Event(event) = output {
+                        on_event(RtpEvent::Media(event));
+                    }
+                }
+                break RtpEnd::Stopped;
+            }
+            request = next_request(&mut call_control) => match request {
+                Some(request) => digits.request(request, event_payload_type),
+                None => call_control = None,
+            },
+            _ = digits.ticker.tick(), if digits.playout.is_active() => {
+                let timestamp = sender.clock_timestamp(now());
+                if let (Some(event), Some(payload_type)) =
+                    (digits.playout.tick(timestamp), event_payload_type)
+                    && let Some(length) = sender.write_event(
+                        payload_type,
+                        event.marker,
+                        event.timestamp,
+                        &event.payload,
+                        &mut outbound,
+                    )
+                {
+                    let to = receiver.peer().unwrap_or(remote);
+                    let sent = socket.send_to(&outbound[..length], to).await.is_ok();
+                    receiver.count_sent(sent);
+                }
+                if !digits.playout.is_active() {
+                    digits.finished();
+                }
+            }
             output = outputs.recv() => match output {
                 None => break RtpEnd::WorkerGone,
                 Some(CallOutput::Packet(_)) if held => receiver.count_held(true),
                 Some(CallOutput::Packet(packet)) => {
+                    // Digits are not mixed with speech: the agent's audio
+                    // waits out the digits (dropped, as a paused talkspurt).
+                    if digits.playout.is_active() {
+                        continue;
+                    }
+                    let marker = packet.marker || std::mem::take(&mut digits.resume_with_marker);
                     let now = now();
                     let Some(length) =
-                        sender.write(now, packet.marker, packet.payload(), &mut outbound)
+                        sender.write(now, marker, packet.payload(), &mut outbound)
                     else {
                         receiver.count_sent(false);
                         continue;
@@ -740,6 +846,69 @@ pub async fn run_rtp(
     (end, stats)
 }
 
+/// The agent's digits on one call: the RFC 4733 playout, its 20 ms pace,
+/// and the requests to answer when it is done.
+struct DigitsOut {
+    playout: EventPlayout,
+    ticker: tokio::time::Interval,
+    waiting: Vec<(CallControl, String)>,
+    resume_with_marker: bool,
+}
+
+impl DigitsOut {
+    /// Digits on a media clock of `clock_rate` Hz (events share the
+    /// audio's clock, RFC 4733 section 2.1).
+    fn new(clock_rate: u32) -> Self {
+        let mut ticker = tokio::time::interval(std::time::Duration::from_millis(20));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        DigitsOut {
+            playout: EventPlayout::new(EventTiming::at_clock_rate(clock_rate)),
+            ticker,
+            waiting: Vec::new(),
+            resume_with_marker: false,
+        }
+    }
+
+    fn request(&mut self, request: CallControl, event_payload_type: Option<u8>) {
+        match request {
+            CallControl::SendDigits {
+                ref digits,
+                ref text,
+                ..
+            } => {
+                if event_payload_type.is_none() {
+                    request.answer(Err(
+                        "the call negotiated no telephone-event (RFC 4733): digits cannot be sent"
+                            .into(),
+                    ));
+                    return;
+                }
+                if !self.playout.is_active() {
+                    self.ticker.reset_immediately();
+                }
+                self.playout.queue(digits);
+                let text = text.clone();
+                self.waiting.push((request, text));
+            }
+        }
+    }
+
+    fn finished(&mut self) {
+        self.resume_with_marker = true;
+        for (request, text) in self.waiting.drain(..) {
+            request.answer(Ok(serde_json::json!({ "sent": text })));
+        }
+    }
+}
+
+/// The next call-control request (pending forever without a channel).
+async fn next_request(control: &mut Option<CallControlRequests>) -> Option<CallControl> {
+    match control {
+        Some(control) => control.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -863,6 +1032,24 @@ mod tests {
         let mut short = header(101, false, 0, 1);
         short.push(1);
         assert_eq!(receiver.receive(addr(1), &short), RtpReceived::Dropped);
+    }
+
+    #[test]
+    fn an_opus_sender_steps_960_per_packet_on_its_48k_clock() {
+        let mut sender = RtpSender::new(7, 111, 0, 0).with_clock_rate(48_000);
+        assert_eq!(sender.clock_rate(), 48_000);
+        let mut out = [0u8; 200];
+        let mut stamps = Vec::new();
+        for (ms, marker) in [(0, true), (20, false), (40, false), (1_040, true)] {
+            let length = sender
+                .write(Instant::from_millis(ms), marker, &[1; 60], &mut out)
+                .expect("fits");
+            let packet = parse_rtp(&out[..length]).expect("rtp");
+            assert_eq!(packet.payload_type, 111);
+            stamps.push(packet.timestamp);
+        }
+        // Contiguous within the talkspurt; after 1 s of silence, by the clock.
+        assert_eq!(stamps, vec![0, 960, 1_920, 52 * 960]);
     }
 
     #[test]

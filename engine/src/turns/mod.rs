@@ -117,6 +117,11 @@ pub enum HangupReason {
     IdleTimeout,
     /// The call reached `max_call_duration`.
     MaxDuration,
+    /// An answering machine answered and the call hangs up on it
+    /// ([`crate::amd::MachineAction::HangUp`]).
+    AnsweringMachine,
+    /// The voicemail message was left (or could not be).
+    VoicemailLeft,
 }
 
 /// What the turn machine asks the driver to do. Text borrows the machine's

@@ -10,11 +10,13 @@ use callingbox_engine::audio::{InboundCodec, OutboundConfig};
 use callingbox_engine::clock::Instant;
 use callingbox_engine::codecs::{G711Law, SampleRate};
 use callingbox_engine::conversation::{AgentConfig, AgentLoop, Providers};
+use callingbox_engine::events::CallEvent;
 use callingbox_engine::providers::scripted::{
     LlmLatency, ScriptMatch, ScriptRule, ScriptedAsr, ScriptedLlm, ScriptedTts, TtsLatency,
 };
 use callingbox_engine::providers::{AsrProvider, ProviderError};
 use callingbox_engine::session::{CallMediaConfig, ConversationLink};
+use callingbox_engine::tools::ToolSet;
 use callingbox_engine::turns::TurnConfig;
 use callingbox_engine::vad::VadGateConfig;
 use tokio::sync::mpsc;
@@ -28,6 +30,10 @@ pub struct ScriptedConversation {
     pub epoch: std::time::Instant,
     /// Ends the recognizer.
     pub cancel: CancellationToken,
+    /// The call's event stream (transcript, tools, end).
+    pub events: mpsc::UnboundedReceiver<CallEvent>,
+    /// The model (a clone sharing its log: what it was asked).
+    pub llm: ScriptedLlm,
 }
 
 /// Starts an agent loop that replies `agent_replies[n]` to turn `n` (then
@@ -44,6 +50,15 @@ pub fn scripted_conversation<S: AsRef<str>>(
         .map(|(turn, reply)| ScriptRule::when(ScriptMatch::Turn(turn)).reply(reply.as_ref()))
         .collect();
     rules.push(ScriptRule::when(ScriptMatch::Always).reply("Okay."));
+    scripted_conversation_with(user_says, rules, ToolSet::default())
+}
+
+/// As [`scripted_conversation`], with the LLM's rules and the agent's tools given.
+pub fn scripted_conversation_with<S: AsRef<str>>(
+    user_says: &[S],
+    rules: Vec<ScriptRule>,
+    tools: ToolSet,
+) -> Result<ScriptedConversation, ProviderError> {
     let llm = ScriptedLlm::new(
         rules,
         LlmLatency {
@@ -61,10 +76,14 @@ pub fn scripted_conversation<S: AsRef<str>>(
     );
     let (audio_tx, agent_audio) = mpsc::channel(64);
     let providers = Providers {
-        llm: Arc::new(llm),
+        llm: Arc::new(llm.clone()),
         tts: Arc::new(tts),
     };
-    let (agent, _call_events) = AgentLoop::spawn(AgentConfig::default(), providers, audio_tx);
+    let config = AgentConfig {
+        tools,
+        ..AgentConfig::default()
+    };
+    let (agent, events) = AgentLoop::spawn(config, providers, audio_tx);
     let cancel = CancellationToken::new();
     let asr = ScriptedAsr::new(
         user_says.iter().map(|s| s.as_ref().to_owned()).collect(),
@@ -81,6 +100,8 @@ pub fn scripted_conversation<S: AsRef<str>>(
         },
         epoch,
         cancel,
+        events,
+        llm,
     })
 }
 
@@ -95,5 +116,7 @@ pub fn pcmu_media() -> CallMediaConfig {
             use_end_of_turn_model: false,
             ..TurnConfig::default()
         },
+        inband_dtmf: false,
+        answering_machine: None,
     }
 }

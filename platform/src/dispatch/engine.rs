@@ -7,16 +7,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use callingbox_engine::amd::{AnsweredBy, AnsweringMachineConfig, MachineAction};
 use callingbox_engine::audio::{InboundCodec, OutboundConfig};
 use callingbox_engine::codecs::{G711Law, SampleRate};
 use callingbox_engine::conversation::{AgentConfig, AgentLoop, Providers};
 use callingbox_engine::events::{CallEvent, ProviderRole};
 use callingbox_engine::providers::{AsrProvider, LlmProvider, TtsProvider, primary_language};
-use callingbox_engine::session::{CallMediaConfig, ConversationLink};
+use callingbox_engine::session::{CallMediaConfig, ConversationLink, MediaEvent};
 use callingbox_engine::transport::sip::{
     OutboundCall, Route, SipCallSetup, SipDialer, SipEnd, SipEvent, call_outcome,
 };
-use callingbox_engine::turns::TurnConfig;
+use callingbox_engine::turns::{HangupReason, TurnConfig};
 use callingbox_engine::vad::VadGateConfig;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -69,6 +70,9 @@ pub fn call_media(end_of_turn_model: bool) -> CallMediaConfig {
             use_end_of_turn_model: end_of_turn_model,
             ..TurnConfig::default()
         },
+        // The SIP layer turns it on when no telephone-event was negotiated.
+        inband_dtmf: false,
+        answering_machine: None,
     }
 }
 
@@ -199,8 +203,10 @@ impl Telephony for EngineTelephony {
         };
         let (sip_tx, sip_rx) = mpsc::unbounded_channel();
         let call_cancel = CancellationToken::new();
+        let mut media = call_media(self.stack.end_of_turn_model);
+        media.answering_machine = Some(answering_machine(&plan.voicemail_action));
         let setup = SipCallSetup {
-            media: call_media(self.stack.end_of_turn_model),
+            media,
             link: Some(conversation.link),
             epoch: conversation.epoch,
             events: Some(sip_tx),
@@ -230,9 +236,15 @@ impl Telephony for EngineTelephony {
                     return;
                 }
             };
-            let end = follow(sip_rx, agent_events, &events, &cancel, max_duration, || {
-                dialed.hang_up()
-            })
+            let end = follow_answer(
+                sip_rx,
+                agent_events,
+                &events,
+                &cancel,
+                max_duration,
+                None,
+                || dialed.hang_up(),
+            )
             .await;
             asr_cancel.cancel();
             call_cancel.cancel();
@@ -241,17 +253,60 @@ impl Telephony for EngineTelephony {
     }
 }
 
+/// What an outbound call says to an answering machine with
+/// `voicemail_action: leave_message`, after its beep.
+pub const VOICEMAIL_MESSAGE: &str =
+    "Hello, sorry we missed you. We will try to reach you again later. Thank you, goodbye.";
+
+/// The answering-machine handling of an outbound call with `voicemail_action`
+/// (`leave_message`, else hang up).
+pub fn answering_machine(voicemail_action: &str) -> AnsweringMachineConfig {
+    AnsweringMachineConfig::new(if voicemail_action == "leave_message" {
+        MachineAction::LeaveMessage {
+            text: VOICEMAIL_MESSAGE.into(),
+        }
+    } else {
+        MachineAction::HangUp
+    })
+}
+
 /// Forwards a call's SIP and conversation events until the call ends;
 /// `hang_up` is pressed on cancel, when the agent ends the call, or at the
-/// maximum duration.
+/// maximum duration. The answer is reported as by a `human`.
 pub async fn follow(
-    mut sip: mpsc::UnboundedReceiver<SipEvent>,
-    mut agent: mpsc::UnboundedReceiver<CallEvent>,
+    sip: mpsc::UnboundedReceiver<SipEvent>,
+    agent: mpsc::UnboundedReceiver<CallEvent>,
     events: &mpsc::UnboundedSender<LineEvent>,
     cancel: &CancellationToken,
     max_duration: Duration,
     hang_up: impl Fn(),
 ) -> LineEnd {
+    follow_answer(
+        sip,
+        agent,
+        events,
+        cancel,
+        max_duration,
+        Some(AnsweredBy::Human),
+        hang_up,
+    )
+    .await
+}
+
+/// [`follow`] for a call whose answerer is `known` at the answer, or (`None`)
+/// found by answering-machine detection: its decision is the line's
+/// `answered_by` (`unknown` if the call ended first), and a machine makes
+/// the call `no_answer`, as voicemail is reported.
+pub async fn follow_answer(
+    mut sip: mpsc::UnboundedReceiver<SipEvent>,
+    mut agent: mpsc::UnboundedReceiver<CallEvent>,
+    events: &mpsc::UnboundedSender<LineEvent>,
+    cancel: &CancellationToken,
+    max_duration: Duration,
+    known: Option<AnsweredBy>,
+    hang_up: impl Fn(),
+) -> LineEnd {
+    let mut answered_by = known;
     let mut answered = false;
     let mut agent_open = true;
     let mut hung_up = false;
@@ -268,7 +323,12 @@ pub async fn follow(
                 }
                 Some(SipEvent::Answered) => {
                     answered = true;
-                    let _ = events.send(LineEvent::Answered { answered_by: Some("human".into()) });
+                    let _ = events.send(LineEvent::Answered {
+                        answered_by: known.map(|by| by.as_str().to_owned()),
+                    });
+                }
+                Some(SipEvent::Media(MediaEvent::AnsweredBy(decision))) => {
+                    answered_by = Some(decision.answered_by);
                 }
                 Some(SipEvent::Ended { reason, .. }) => {
                     // What the agent said last may still be on its stream.
@@ -276,7 +336,8 @@ pub async fn follow(
                         note_failure(&event, &mut provider_failure);
                         let _ = events.send(LineEvent::Engine(event));
                     }
-                    let end = line_end(&reason, answered);
+                    let by = answered.then(|| answered_by.unwrap_or(AnsweredBy::Unknown));
+                    let end = line_end(&reason, answered, by);
                     return match provider_failure {
                         Some(failure) => provider_failed(end, failure),
                         None => end,
@@ -297,6 +358,14 @@ pub async fn follow(
                 Some(event) => {
                     note_failure(&event, &mut provider_failure);
                     let ended = matches!(event, CallEvent::Ended { .. });
+                    // The media's hang-up on a machine ends the agent too; its
+                    // reason names it even if the SIP side's report is late.
+                    if let CallEvent::Ended { reason, .. } = &event
+                        && answered_by.is_none()
+                        && is_machine_hang_up(reason)
+                    {
+                        answered_by = Some(AnsweredBy::Machine);
+                    }
                     let _ = events.send(LineEvent::Engine(event));
                     if ended && !hung_up {
                         hung_up = true;
@@ -315,6 +384,13 @@ pub async fn follow(
             }
         }
     }
+}
+
+/// Whether an agent's end `reason` is the media's hang-up on a machine.
+fn is_machine_hang_up(reason: &str) -> bool {
+    [HangupReason::AnsweringMachine, HangupReason::VoicemailLeft]
+        .iter()
+        .any(|machine| reason == format!("{machine:?}"))
 }
 
 fn note_failure(event: &CallEvent, failure: &mut Option<(ProviderRole, String)>) {
@@ -336,9 +412,14 @@ fn provider_failed(end: LineEnd, (provider, error): (ProviderRole, String)) -> L
     }
 }
 
-fn line_end(reason: &SipEnd, answered: bool) -> LineEnd {
+fn line_end(reason: &SipEnd, answered: bool, answered_by: Option<AnsweredBy>) -> LineEnd {
     let result = call_outcome(reason, answered);
-    let status = result.outcome.as_str();
+    // Voicemail is "nobody answered" to the API (and free).
+    let status = if answered_by == Some(AnsweredBy::Machine) {
+        "no_answer"
+    } else {
+        result.outcome.as_str()
+    };
     let (error_code, error_message) = if status == "failed" {
         let code = match reason {
             SipEnd::Refused(code) | SipEnd::Rejected(code) => format!("sip_{code}"),
@@ -353,7 +434,7 @@ fn line_end(reason: &SipEnd, answered: bool) -> LineEnd {
     };
     LineEnd {
         status: status.into(),
-        answered_by: None,
+        answered_by: answered_by.map(|by| by.as_str().to_owned()),
         hangup_cause: Some(result.hangup_cause),
         error_code,
         error_message,

@@ -88,7 +88,10 @@ pub struct Call {
     /// Arbitrary metadata (with `language` copied in for SDK 0.1.0).
     #[schema(value_type = Object)]
     pub metadata: Value,
-    /// `human` or `machine` once known.
+    /// Who answered: `human`, `machine` (voicemail; the call is then
+    /// `no_answer`) or `unknown` (detection could not tell, or the call
+    /// ended first). Outbound calls get it from answering-machine detection
+    /// when they end; inbound calls are `human`; null until answered.
     pub answered_by: Option<String>,
     /// Telephony error code.
     pub error_code: Option<String>,

@@ -68,7 +68,6 @@ use super::rtp::{
     RtcpLink, RtpCall, RtpEnd, RtpEvent, RtpPorts, RtpReceiver, RtpSender, RtpStats, run_rtp,
 };
 use super::{CallSpec, WirePacket, WorkerHandle};
-use crate::audio::{InboundCodec, WireCodec};
 use crate::clock::Instant;
 use crate::events::EndedBy;
 use crate::session::{CallMediaConfig, ConversationLink, MediaEvent};
@@ -154,7 +153,7 @@ pub struct SipCallRefused {
 /// A call as the application sets it up when the INVITE arrives.
 #[derive(Debug)]
 pub struct SipCallSetup {
-    /// The call's media; the codecs are set to the negotiated G.711 law.
+    /// The call's media; the codecs are set to the negotiated one.
     pub media: CallMediaConfig,
     /// The agent and recognizer, if the call has them.
     pub link: Option<ConversationLink>,
@@ -753,9 +752,9 @@ impl Driver {
                 return;
             }
         };
-        let law = incoming.media.codec.law;
-        setup.media.inbound = InboundCodec::G711(law);
-        setup.media.outbound.codec = WireCodec::G711(law);
+        let codec = incoming.media.codec.kind;
+        setup.media.inbound = codec.inbound();
+        setup.media.outbound.codec = codec.wire();
         if let Some(events) = &setup.events {
             let _ = events.send(SipEvent::Ringing(incoming.clone()));
         }
@@ -782,11 +781,13 @@ impl Driver {
             return;
         };
         let PendingCall {
-            setup,
+            mut setup,
             socket,
             rtcp_socket,
             media,
         } = pending;
+        // Answering-machine detection is for the calls we place.
+        setup.media.answering_machine = None;
         self.start_media(call, setup, (socket, rtcp_socket), media)
             .await;
     }
@@ -800,13 +801,15 @@ impl Driver {
         media: sdp::Negotiated,
     ) {
         let SipCallSetup {
-            media: config,
+            media: mut config,
             link,
             epoch,
             events,
             cancel,
             tap,
         } = setup;
+        // No RFC 4733 events negotiated: keys can only come as tones.
+        config.inband_dtmf = media.telephone_event.is_none();
         let socket = match UdpSocket::from_std(socket) {
             Ok(socket) => socket,
             Err(_) => {
@@ -816,6 +819,9 @@ impl Driver {
                 return;
             }
         };
+        // Keys reach the agent as they arrive, beside the media (RFC 4733).
+        let keypad = link.as_ref().map(|link| link.agent.keypad());
+        let call_control = link.as_ref().map(|link| link.agent.attach_call_control());
         let spec = CallSpec {
             config,
             link,
@@ -849,11 +855,14 @@ impl Driver {
                 media.codec.payload_type,
                 (seed >> 16) as u16,
                 seed as u32,
-            ),
+            )
+            .with_clock_rate(media.codec.kind.clock_rate()),
             receiver: RtpReceiver::new(media.codec.payload_type, media.telephone_event),
             tap,
             rtcp: rtcp_link(&media, rtcp_socket, (seed >> 32) as u32, epoch),
             control: Some(control_rx),
+            call_control,
+            event_payload_type: media.telephone_event,
         };
         let stop = CancellationToken::new();
         let (reason_tx, reason_rx) = oneshot::channel();
@@ -870,8 +879,17 @@ impl Driver {
         tokio::spawn(async move {
             let mut on_event = |event: RtpEvent| {
                 let event = match event {
+                    // In-band tones: the worker already gave the key to the agent.
+                    RtpEvent::Media(MediaEvent::KeyPressed { key }) => {
+                        SipEvent::Dtmf { digit: key }
+                    }
                     RtpEvent::Media(event) => SipEvent::Media(event),
-                    RtpEvent::Digit(digit) => SipEvent::Dtmf { digit },
+                    RtpEvent::Digit(digit) => {
+                        if let Some(keypad) = &keypad {
+                            keypad.press(digit);
+                        }
+                        SipEvent::Dtmf { digit }
+                    }
                     RtpEvent::Held(held) => SipEvent::Hold { held },
                 };
                 if let Some(events) = &events {
@@ -1069,9 +1087,9 @@ impl Driver {
                 // the agent must not hear it as the callee's first words.
                 let mut scratch = [0u8; 2_048];
                 while socket.recv_from(&mut scratch).is_ok() {}
-                let law = media.codec.law;
-                setup.media.inbound = InboundCodec::G711(law);
-                setup.media.outbound.codec = WireCodec::G711(law);
+                let codec = media.codec.kind;
+                setup.media.inbound = codec.inbound();
+                setup.media.outbound.codec = codec.wire();
                 self.start_media(call, setup, (socket, rtcp_socket), media)
                     .await;
             }
@@ -1119,7 +1137,7 @@ fn rtcp_link(
     let config = super::rtcp::RtcpConfig {
         ssrc,
         cname: format!("{seed:016x}@callingbox"),
-        clock_rate: 8_000,
+        clock_rate: media.codec.kind.clock_rate(),
         remote,
         wall_clock: super::rtcp::WallClock {
             at: now,

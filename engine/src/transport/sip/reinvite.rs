@@ -67,7 +67,7 @@ pub fn read_reoffer(current: &Negotiated, body: &str) -> Result<Reoffer, u16> {
     if body.trim().is_empty() {
         return Ok(Reoffer::NoOffer);
     }
-    let mut media = match negotiate_keeping(body, current.codec.law) {
+    let mut media = match negotiate_keeping(body, current.codec.kind) {
         Ok(media) => media,
         Err(SdpError::Malformed(_)) => return Err(400),
         // No common codec, no audio stream, no address: not acceptable here.
@@ -140,9 +140,8 @@ impl PendingReinvite {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::sip::sdp::negotiate;
+    use crate::transport::sip::sdp::{CodecKind, negotiate};
     use crate::transport::sip::uas::{SipUas, UasConfig, UasOutput};
-    use callingbox_codecs::G711Law;
 
     fn offer(port: u16, ip: &str, codecs: &str, direction: &str) -> String {
         format!(
@@ -193,7 +192,7 @@ mod tests {
     fn the_codec_stays_and_refusals_keep_the_call() {
         // PCMA first, but PCMU (the call's) is offered too: PCMU stays.
         let kept = accepted(&offer(6000, "192.0.2.10", "8 0", "sendrecv"));
-        assert_eq!(kept.codec.law, G711Law::MuLaw);
+        assert_eq!(kept.codec.kind, CodecKind::Pcmu);
         assert_eq!(kept.codec.payload_type, 0);
         // Only PCMA or only G.729: 488.
         for codecs in ["8", "18"] {

@@ -1,19 +1,30 @@
 //! SDP offer/answer (RFC 3264) for one audio stream, sans-IO.
 //!
-//! The engine speaks G.711 only on SIP: [`negotiate`] picks PCMU (0) or
-//! PCMA (8), in the offerer's order of preference, plus RFC 4733
-//! `telephone-event` if offered, at 20 ms packets; [`Answer::to_sdp`] writes
-//! the answer with our RTP address. Parsing is lenient about what it does not
-//! need and never panics on garbage.
+//! The engine speaks Opus (dynamic type, RFC 7587 `opus/48000/2`), G.722
+//! (static type 9), PCMU (0) and PCMA (8) on SIP. [`negotiate`] picks Opus
+//! whenever it is offered (wideband, with in-band FEC against loss), then
+//! G.722 (wideband: what the recognizer hears best), and otherwise the first
+//! of PCMU/PCMA in the offerer's order (the offerer knows its network: PCMA
+//! in Europe, PCMU in North America); plus RFC 4733 `telephone-event` if
+//! offered at the audio's clock rate, at 20 ms packets. [`negotiate_with`]
+//! takes a strict order of our own instead. RFC 3264 lets the answerer
+//! choose among the offered formats. [`Answer::to_sdp`] writes the answer
+//! with our RTP address. Parsing is lenient about what it does not need and
+//! never panics on garbage.
 //!
-//! Outbound calls turn it around: [`Offer::to_sdp`] offers PCMU, PCMA and
-//! `telephone-event`, and [`read_answer`] reads what the callee picked.
+//! Outbound calls turn it around: [`Offer::to_sdp`] offers Opus, G.722,
+//! PCMU, PCMA and `telephone-event` (at 8 kHz, and at 48 kHz for Opus), and
+//! [`read_answer`] reads what the callee picked (the first supported codec
+//! of its answer).
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use callingbox_codecs::G711Law;
 use thiserror::Error;
+
+use crate::audio::inbound::InboundCodec;
+use crate::audio::outbound::WireCodec;
 
 /// Why an offer cannot be answered.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -27,27 +38,119 @@ pub enum SdpError {
     /// The audio stream has no address (`c=` line) we can send to.
     #[error("the offer has no usable connection address")]
     NoConnection,
-    /// Neither PCMU nor PCMA is offered (answered with 488).
-    #[error("no common codec: the offer has neither PCMU nor PCMA")]
+    /// None of Opus, G.722, PCMU and PCMA is offered (answered with 488).
+    #[error("no common codec: the offer has none of opus, G722, PCMU and PCMA")]
     NoCommonCodec,
 }
 
-/// A G.711 codec negotiated for the call.
+/// An audio codec the engine speaks on SIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodecKind {
+    /// Opus: 48 kHz RTP clock, always `opus/48000/2` in SDP (RFC 7587), the
+    /// engine sends mono.
+    Opus,
+    /// G.722: 16 kHz wideband audio, 8 kHz RTP clock (RFC 3551 section 4.5.2).
+    G722,
+    /// G.711 mu-law.
+    Pcmu,
+    /// G.711 A-law.
+    Pcma,
+}
+
+impl CodecKind {
+    /// The SDP encoding name.
+    pub fn name(self) -> &'static str {
+        match self {
+            CodecKind::Opus => "opus",
+            CodecKind::G722 => "G722",
+            CodecKind::Pcmu => "PCMU",
+            CodecKind::Pcma => "PCMA",
+        }
+    }
+
+    /// The static RTP payload type (RFC 3551); Opus has none.
+    pub fn static_payload_type(self) -> Option<u8> {
+        match self {
+            CodecKind::Opus => None,
+            CodecKind::G722 => Some(9),
+            CodecKind::Pcmu => Some(0),
+            CodecKind::Pcma => Some(8),
+        }
+    }
+
+    /// The RTP clock rate: 48 kHz for Opus, 8 kHz for the others (G.722
+    /// too, although it samples at 16 kHz: RFC 3551 section 4.5.2).
+    pub fn clock_rate(self) -> u32 {
+        match self {
+            CodecKind::Opus => 48_000,
+            CodecKind::G722 | CodecKind::Pcmu | CodecKind::Pcma => 8_000,
+        }
+    }
+
+    /// The `a=rtpmap:` encoding (`opus/48000/2`, `PCMU/8000`, ...).
+    pub fn rtpmap(self) -> &'static str {
+        match self {
+            CodecKind::Opus => "opus/48000/2",
+            CodecKind::G722 => "G722/8000",
+            CodecKind::Pcmu => "PCMU/8000",
+            CodecKind::Pcma => "PCMA/8000",
+        }
+    }
+
+    /// How the engine decodes it.
+    pub fn inbound(self) -> InboundCodec {
+        match self {
+            CodecKind::Opus => InboundCodec::Opus,
+            CodecKind::G722 => InboundCodec::G722,
+            CodecKind::Pcmu => InboundCodec::G711(G711Law::MuLaw),
+            CodecKind::Pcma => InboundCodec::G711(G711Law::ALaw),
+        }
+    }
+
+    /// How the engine encodes it.
+    pub fn wire(self) -> WireCodec {
+        match self {
+            CodecKind::Opus => WireCodec::Opus,
+            CodecKind::G722 => WireCodec::G722,
+            CodecKind::Pcmu => WireCodec::G711(G711Law::MuLaw),
+            CodecKind::Pcma => WireCodec::G711(G711Law::ALaw),
+        }
+    }
+
+    const ALL: [CodecKind; 4] = [
+        CodecKind::Opus,
+        CodecKind::G722,
+        CodecKind::Pcmu,
+        CodecKind::Pcma,
+    ];
+
+    fn from_encoding(name: &str, rate: &str) -> Option<CodecKind> {
+        Self::ALL.into_iter().find(|kind| {
+            name.eq_ignore_ascii_case(kind.name())
+                && rate.parse::<u32>().ok() == Some(kind.clock_rate())
+        })
+    }
+
+    fn from_static(payload_type: u8) -> Option<CodecKind> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.static_payload_type() == Some(payload_type))
+    }
+}
+
+/// The codec negotiated for the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AudioCodec {
     /// The RTP payload type both sides use for it.
     pub payload_type: u8,
-    /// mu-law (PCMU) or A-law (PCMA).
-    pub law: G711Law,
+    /// Which codec it is.
+    pub kind: CodecKind,
 }
 
 impl AudioCodec {
     /// The SDP encoding name.
     pub fn name(self) -> &'static str {
-        match self.law {
-            G711Law::MuLaw => "PCMU",
-            G711Law::ALaw => "PCMA",
-        }
+        self.kind.name()
     }
 }
 
@@ -92,9 +195,10 @@ pub struct Negotiated {
     pub remote_rtp: SocketAddr,
     /// The audio codec.
     pub codec: AudioCodec,
-    /// The `telephone-event/8000` payload type, if offered.
+    /// The `telephone-event` payload type at the audio's clock rate, if
+    /// offered (RFC 4733 section 2.1: events share the audio's clock).
     pub telephone_event: Option<u8>,
-    /// Packet duration in ms (always 20: G.711 frames of the engine).
+    /// Packet duration in ms (always 20: the engine's frames).
     pub ptime: u32,
     /// The direction we answer with.
     pub direction: Direction,
@@ -147,14 +251,18 @@ impl Answer {
         }
         let _ = write!(
             sdp,
-            "\r\na=rtpmap:{} {}/8000\r\n",
+            "\r\na=rtpmap:{} {}\r\n",
             codec.payload_type,
-            codec.name()
+            codec.kind.rtpmap()
         );
+        if codec.kind == CodecKind::Opus {
+            let _ = write!(sdp, "a=fmtp:{} {OPUS_FMTP}\r\n", codec.payload_type);
+        }
         if let Some(event) = self.negotiated.telephone_event {
             let _ = write!(
                 sdp,
-                "a=rtpmap:{event} telephone-event/8000\r\na=fmtp:{event} 0-15\r\n"
+                "a=rtpmap:{event} telephone-event/{}\r\na=fmtp:{event} 0-15\r\n",
+                codec.kind.clock_rate()
             );
         }
         let _ = write!(
@@ -170,8 +278,15 @@ impl Answer {
     }
 }
 
-/// Our offer for an outbound call: PCMU (0), PCMA (8) and
-/// `telephone-event` ([`Offer::TELEPHONE_EVENT`]), 20 ms packets, sendrecv.
+/// Our `a=fmtp` for Opus (RFC 7587 section 7): we decode its in-band FEC,
+/// and everything the engine hears is resampled to 16 kHz, so a sender may
+/// save the bits of a wider band.
+const OPUS_FMTP: &str = "useinbandfec=1;maxplaybackrate=16000;sprop-maxcapturerate=16000";
+
+/// Our offer for an outbound call: Opus ([`Offer::OPUS`]), G.722 (9), PCMU
+/// (0), PCMA (8) and `telephone-event` at 8 kHz ([`Offer::TELEPHONE_EVENT`])
+/// and at 48 kHz for Opus ([`Offer::TELEPHONE_EVENT_48K`]), 20 ms packets,
+/// sendrecv.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Offer {
     /// Where we receive RTP.
@@ -181,8 +296,12 @@ pub struct Offer {
 }
 
 impl Offer {
-    /// The payload type we offer RFC 4733 events on.
+    /// The payload type we offer RFC 4733 events on (8 kHz clock).
     pub const TELEPHONE_EVENT: u8 = 101;
+    /// The payload type of RFC 4733 events on Opus's 48 kHz clock.
+    pub const TELEPHONE_EVENT_48K: u8 = 102;
+    /// The dynamic payload type we offer Opus on.
+    pub const OPUS: u8 = 96;
 
     /// The offer's SDP text (CRLF lines).
     pub fn to_sdp(&self) -> String {
@@ -191,12 +310,16 @@ impl Offer {
             IpAddr::V4(_) => "IP4",
             IpAddr::V6(_) => "IP6",
         };
-        let event = Self::TELEPHONE_EVENT;
+        let (event, event_48k, opus) =
+            (Self::TELEPHONE_EVENT, Self::TELEPHONE_EVENT_48K, Self::OPUS);
         format!(
             "v=0\r\no=callingbox {id} {id} IN {family} {ip}\r\ns=CallingBox\r\n\
-             c=IN {family} {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 8 {event}\r\n\
-             a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
+             c=IN {family} {ip}\r\nt=0 0\r\n\
+             m=audio {port} RTP/AVP {opus} 9 0 8 {event} {event_48k}\r\n\
+             a=rtpmap:{opus} opus/48000/2\r\na=fmtp:{opus} {OPUS_FMTP}\r\n\
+             a=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
              a=rtpmap:{event} telephone-event/8000\r\na=fmtp:{event} 0-15\r\n\
+             a=rtpmap:{event_48k} telephone-event/48000\r\na=fmtp:{event_48k} 0-15\r\n\
              a=ptime:20\r\na=sendrecv\r\n",
             id = self.session_id,
             port = self.local_rtp.port(),
@@ -209,7 +332,7 @@ impl Offer {
 /// `telephone-event` type if it kept it, and where it receives RTP. The
 /// direction is ours (an answer of `recvonly` makes us `sendonly`).
 pub fn read_answer(answer: &str) -> Result<Negotiated, SdpError> {
-    let mut negotiated = negotiate(answer)?;
+    let mut negotiated = negotiate_in_order(answer, None)?;
     // We never offer rtcp-mux, so an answer cannot turn it on (RFC 5761 5.1.1).
     negotiated.rtcp_mux = false;
     Ok(negotiated)
@@ -229,20 +352,35 @@ struct MediaSection<'a> {
     rtcp: Option<(u16, Option<IpAddr>)>,
 }
 
-/// Negotiates an offer: the first active `m=audio` stream, the first of
-/// PCMU/PCMA in the offerer's order, and `telephone-event` if offered.
+/// Negotiates an offer: the first active `m=audio` stream, Opus if offered,
+/// else G.722 if offered, else the offerer's first of PCMU/PCMA, and
+/// `telephone-event` if offered.
 pub fn negotiate(offer: &str) -> Result<Negotiated, SdpError> {
-    negotiate_with(offer, None)
+    let wideband = [CodecKind::Opus, CodecKind::G722];
+    negotiate_in_order(offer, Some(&wideband)).or_else(|error| match error {
+        SdpError::NoCommonCodec => negotiate_in_order(offer, None),
+        other => Err(other),
+    })
+}
+
+/// [`negotiate`] with our own order of preference (codecs left out of it
+/// are never chosen).
+pub fn negotiate_with(offer: &str, preference: &[CodecKind]) -> Result<Negotiated, SdpError> {
+    negotiate_in_order(offer, Some(preference))
 }
 
 /// Negotiates a new offer in an established call (a re-INVITE): like
-/// [`negotiate`], but only `law` is acceptable, because the call's media
+/// [`negotiate`], but only `kind` is acceptable, because the call's media
 /// pipeline was built for it (an offer without it has no common codec).
-pub fn negotiate_keeping(offer: &str, law: G711Law) -> Result<Negotiated, SdpError> {
-    negotiate_with(offer, Some(law))
+pub fn negotiate_keeping(offer: &str, kind: CodecKind) -> Result<Negotiated, SdpError> {
+    negotiate_in_order(offer, Some(&[kind]))
 }
 
-fn negotiate_with(offer: &str, keep: Option<G711Law>) -> Result<Negotiated, SdpError> {
+/// Negotiates in `preference` order, or in the SDP's own order when None.
+fn negotiate_in_order(
+    offer: &str,
+    preference: Option<&[CodecKind]>,
+) -> Result<Negotiated, SdpError> {
     let mut session_connection: Option<IpAddr> = None;
     let mut session_direction: Option<Direction> = None;
     let mut sections: Vec<MediaSection<'_>> = Vec::new();
@@ -327,40 +465,36 @@ fn negotiate_with(offer: &str, keep: Option<G711Law>) -> Result<Negotiated, SdpE
             .find(|(mapped, _)| *mapped == pt)
             .map(|(_, encoding)| *encoding)
     };
-    let codec = audio
-        .formats
-        .iter()
-        .find_map(|&pt| {
-            let law = match encoding_of(pt) {
-                Some(encoding) => {
-                    let name = encoding.split('/').next().unwrap_or_default();
-                    let rate = encoding.split('/').nth(1).unwrap_or("8000");
-                    match (name.to_ascii_uppercase().as_str(), rate) {
-                        ("PCMU", "8000") => Some(G711Law::MuLaw),
-                        ("PCMA", "8000") => Some(G711Law::ALaw),
-                        _ => None,
-                    }
-                }
-                // Static payload types need no rtpmap (RFC 3551).
-                None => match pt {
-                    0 => Some(G711Law::MuLaw),
-                    8 => Some(G711Law::ALaw),
-                    _ => None,
-                },
-            }?;
-            if keep.is_some_and(|kept| kept != law) {
-                return None;
+    let offered = audio.formats.iter().filter_map(|&pt| {
+        let kind = match encoding_of(pt) {
+            Some(encoding) => {
+                let name = encoding.split('/').next().unwrap_or_default();
+                let rate = encoding.split('/').nth(1).unwrap_or("8000");
+                CodecKind::from_encoding(name, rate)
             }
-            Some(AudioCodec {
-                payload_type: pt,
-                law,
-            })
+            // Static payload types need no rtpmap (RFC 3551).
+            None => CodecKind::from_static(pt),
+        }?;
+        Some(AudioCodec {
+            payload_type: pt,
+            kind,
         })
-        .ok_or(SdpError::NoCommonCodec)?;
+    });
+    let codec = match preference {
+        None => offered.into_iter().next(),
+        Some(preference) => {
+            let offered: Vec<AudioCodec> = offered.collect();
+            preference
+                .iter()
+                .find_map(|kind| offered.iter().find(|codec| codec.kind == *kind).copied())
+        }
+    }
+    .ok_or(SdpError::NoCommonCodec)?;
+    let event_encoding = format!("telephone-event/{}", codec.kind.clock_rate());
     let telephone_event = audio.formats.iter().copied().find(|&pt| {
         encoding_of(pt).is_some_and(|encoding| {
-            encoding.eq_ignore_ascii_case("telephone-event/8000")
-                || encoding.eq_ignore_ascii_case("telephone-event/8000/1")
+            let encoding = encoding.strip_suffix("/1").unwrap_or(encoding);
+            encoding.eq_ignore_ascii_case(&event_encoding)
         })
     });
     let direction = audio
@@ -433,8 +567,14 @@ mod tests {
             negotiated.remote_rtp,
             "192.0.2.10:6000".parse().expect("addr")
         );
-        assert_eq!(negotiated.codec.law, G711Law::ALaw);
+        // Without G.722, the offerer's first G.711 law.
+        assert_eq!(negotiated.codec.kind, CodecKind::Pcma);
         assert_eq!(negotiated.codec.payload_type, 8);
+        // Our own order can say otherwise.
+        let pcmu_first =
+            negotiate_with(OFFER, &[CodecKind::Pcmu, CodecKind::Pcma]).expect("answerable");
+        assert_eq!(pcmu_first.codec.kind, CodecKind::Pcmu);
+        assert_eq!(pcmu_first.codec.payload_type, 0);
         assert_eq!(negotiated.telephone_event, Some(101));
         assert_eq!(negotiated.ptime, 20);
         assert_eq!(negotiated.direction, Direction::SendRecv);
@@ -491,14 +631,14 @@ mod tests {
             negotiated.remote_rtp,
             "10.0.0.2:7000".parse().expect("addr")
         );
-        assert_eq!(negotiated.codec.law, G711Law::MuLaw);
+        assert_eq!(negotiated.codec.kind, CodecKind::Pcmu);
         assert_eq!(negotiated.telephone_event, None);
         assert_eq!(negotiated.direction, Direction::RecvOnly);
     }
 
     #[test]
     fn the_answer_names_our_address_and_the_chosen_codec() {
-        let negotiated = negotiate(OFFER).expect("answerable");
+        let negotiated = negotiate_with(OFFER, &[CodecKind::Pcma]).expect("answerable");
         let answer = Answer {
             negotiated,
             local_rtp: "192.0.2.99:40002".parse().expect("addr"),
@@ -520,24 +660,36 @@ mod tests {
     }
 
     #[test]
-    fn our_offer_lists_both_laws_and_the_answer_picks_one() {
+    fn our_offer_lists_opus_g722_and_both_laws_and_the_answer_picks_one() {
         let offer = Offer {
             local_rtp: "127.0.0.1:40010".parse().expect("addr"),
             session_id: 3,
         }
         .to_sdp();
         assert!(
-            offer.contains("m=audio 40010 RTP/AVP 0 8 101\r\n"),
+            offer.contains("m=audio 40010 RTP/AVP 96 9 0 8 101 102\r\n"),
             "{offer}"
         );
-        // Answered by our own UAS logic, it keeps PCMU first and the events.
+        assert!(offer.contains("a=rtpmap:96 opus/48000/2\r\n"), "{offer}");
+        assert!(offer.contains("a=fmtp:96 useinbandfec=1;"), "{offer}");
+        assert!(offer.contains("a=rtpmap:9 G722/8000\r\n"), "{offer}");
+        assert!(
+            offer.contains("a=rtpmap:102 telephone-event/48000\r\n"),
+            "{offer}"
+        );
+        // Answered by our own UAS logic, it takes Opus and the 48 kHz events.
         let negotiated = negotiate(&offer).expect("our offer is answerable");
-        assert_eq!(negotiated.codec.law, G711Law::MuLaw);
+        assert_eq!(negotiated.codec.kind, CodecKind::Opus);
+        assert_eq!(negotiated.codec.payload_type, Offer::OPUS);
+        assert_eq!(negotiated.telephone_event, Some(Offer::TELEPHONE_EVENT_48K));
+        // Without Opus: G.722 and the 8 kHz events.
+        let negotiated = negotiate_with(&offer, &[CodecKind::G722]).expect("answerable");
+        assert_eq!(negotiated.codec.payload_type, 9);
         assert_eq!(negotiated.telephone_event, Some(Offer::TELEPHONE_EVENT));
         let answer = "v=0\r\no=- 1 1 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\n\
             m=audio 7078 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=recvonly\r\n";
         let read = read_answer(answer).expect("usable answer");
-        assert_eq!(read.codec.law, G711Law::ALaw);
+        assert_eq!(read.codec.kind, CodecKind::Pcma);
         assert_eq!(read.codec.payload_type, 8);
         assert_eq!(read.telephone_event, None);
         assert_eq!(read.remote_rtp, "10.0.0.5:7078".parse().expect("addr"));
@@ -547,11 +699,96 @@ mod tests {
     #[test]
     fn no_common_codec_is_refused() {
         let offer = "v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\n\
-            m=audio 4000 RTP/AVP 9 96\r\na=rtpmap:96 opus/48000/2\r\n";
+            m=audio 4000 RTP/AVP 18 96\r\na=rtpmap:96 iLBC/8000\r\n";
         assert_eq!(negotiate(offer), Err(SdpError::NoCommonCodec));
-        // A dynamic type named PCMU at another rate is not G.711.
-        let offer = offer.replace("opus/48000/2", "PCMU/16000");
+        // A dynamic type named PCMU at another rate is not G.711, nor Opus at 8 kHz.
+        assert_eq!(
+            negotiate(&offer.replace("iLBC/8000", "opus/8000")),
+            Err(SdpError::NoCommonCodec)
+        );
+        let offer = offer.replace("iLBC/8000", "PCMU/16000");
         assert_eq!(negotiate(&offer), Err(SdpError::NoCommonCodec));
+        // A codec left out of our preference is never chosen.
+        assert_eq!(
+            negotiate_with(OFFER, &[CodecKind::G722]),
+            Err(SdpError::NoCommonCodec)
+        );
+    }
+
+    #[test]
+    fn g722_is_recognized_by_static_type_or_name_and_answered() {
+        let offer = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
+            m=audio 7000 RTP/AVP 0 9 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+        let negotiated = negotiate(offer).expect("answerable");
+        assert_eq!(negotiated.codec.kind, CodecKind::G722);
+        assert_eq!(negotiated.codec.payload_type, 9);
+        // A softphone naming it on another number (dynamic types may carry any codec).
+        let dynamic =
+            offer.replace("RTP/AVP 0 9 101", "RTP/AVP 0 102 101") + "a=rtpmap:102 g722/8000\r\n";
+        let negotiated = negotiate(&dynamic).expect("answerable");
+        assert_eq!(negotiated.codec.kind, CodecKind::G722);
+        assert_eq!(negotiated.codec.payload_type, 102);
+        let sdp = Answer {
+            negotiated,
+            local_rtp: "10.0.0.9:40000".parse().expect("addr"),
+            session_id: 1,
+        }
+        .to_sdp();
+        assert!(sdp.contains("m=audio 40000 RTP/AVP 102 101\r\n"), "{sdp}");
+        assert!(sdp.contains("a=rtpmap:102 G722/8000\r\n"), "{sdp}");
+        // G.722 at 16 kHz in the rtpmap is the common mistake RFC 3551 warns of: not ours.
+        let wrong_clock =
+            offer.replace("RTP/AVP 0 9 101", "RTP/AVP 102") + "a=rtpmap:102 G722/16000\r\n";
+        assert_eq!(negotiate(&wrong_clock), Err(SdpError::NoCommonCodec));
+    }
+
+    #[test]
+    fn opus_is_preferred_and_answered_with_its_type_fmtp_and_48k_events() {
+        // A softphone's offer (baresip's order): Opus on 111, G.722, PCMU,
+        // and events at both clocks.
+        let offer = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
+            m=audio 7000 RTP/AVP 0 9 111 101 110\r\na=rtpmap:111 opus/48000/2\r\n\
+            a=fmtp:111 stereo=1;sprop-stereo=1\r\na=rtpmap:101 telephone-event/8000\r\n\
+            a=rtpmap:110 telephone-event/48000\r\n";
+        let negotiated = negotiate(offer).expect("answerable");
+        assert_eq!(negotiated.codec.kind, CodecKind::Opus);
+        assert_eq!(negotiated.codec.payload_type, 111);
+        assert_eq!(negotiated.telephone_event, Some(110));
+        assert_eq!(negotiated.codec.kind.clock_rate(), 48_000);
+        let sdp = Answer {
+            negotiated,
+            local_rtp: "10.0.0.9:40000".parse().expect("addr"),
+            session_id: 1,
+        }
+        .to_sdp();
+        assert!(sdp.contains("m=audio 40000 RTP/AVP 111 110\r\n"), "{sdp}");
+        assert!(sdp.contains("a=rtpmap:111 opus/48000/2\r\n"), "{sdp}");
+        assert!(
+            sdp.contains("a=fmtp:111 useinbandfec=1;maxplaybackrate=16000"),
+            "{sdp}"
+        );
+        assert!(
+            sdp.contains("a=rtpmap:110 telephone-event/48000\r\n"),
+            "{sdp}"
+        );
+        // Events only at 8 kHz beside Opus do not share its clock: none.
+        let no_48k = offer.replace("111 101 110", "111 101");
+        assert_eq!(
+            negotiate(&no_48k).expect("answerable").telephone_event,
+            None
+        );
+        // A re-INVITE keeps Opus; one without it has no common codec.
+        assert_eq!(
+            negotiate_keeping(offer, CodecKind::Opus)
+                .expect("answerable")
+                .codec
+                .payload_type,
+            111
+        );
+        assert_eq!(
+            negotiate_keeping(&offer.replace("opus", "speex"), CodecKind::Opus),
+            Err(SdpError::NoCommonCodec)
+        );
     }
 
     #[test]

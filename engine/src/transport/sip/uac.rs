@@ -1015,7 +1015,11 @@ mod tests {
         assert!(other.is_empty());
         assert_eq!(names(&sent), vec!["INVITE"]);
         let invite = sent.remove(0);
-        assert!(invite.body.contains("RTP/AVP 0 8 101"), "{}", invite.body);
+        assert!(
+            invite.body.contains("RTP/AVP 96 9 0 8 101 102"),
+            "{}",
+            invite.body
+        );
         assert_eq!(invite.cseq(), Some((1, "INVITE")));
         assert_eq!(invite.request_user(), Some("+15550100"));
         (call, invite)

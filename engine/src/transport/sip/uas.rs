@@ -1280,7 +1280,7 @@ const PLACEHOLDER_MEDIA: Negotiated = Negotiated {
     )),
     codec: super::sdp::AudioCodec {
         payload_type: 0,
-        law: callingbox_codecs::G711Law::MuLaw,
+        kind: super::sdp::CodecKind::Pcmu,
     },
     telephone_event: None,
     ptime: 20,

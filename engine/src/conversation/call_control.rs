@@ -1,0 +1,47 @@
+//! The seam from the conversation to the call's transport for what only the
+//! transport can do (send keypad digits; transfer the call next): the
+//! agent's built-in tools send a [`CallControl`] request and wait for the
+//! transport's answer, which goes back to the model as the tool result.
+//!
+//! A transport that can act on requests takes the receiving end with
+//! [`AgentHandle::attach_call_control`](super::AgentHandle::attach_call_control)
+//! before the call starts; on a call whose transport did not, the tools
+//! answer the model with an error at once (the media stream has no way to
+//! send digits).
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::transport::rtp_events::DigitStep;
+
+/// What the transport answers: `Ok` with what was done, or why not.
+pub type CallControlReply = oneshot::Sender<Result<serde_json::Value, String>>;
+
+/// A request from the agent to the call's transport.
+#[derive(Debug)]
+pub enum CallControl {
+    /// Play these digits to the far end (RFC 4733 events on SIP); answer
+    /// once they were sent.
+    SendDigits {
+        /// The validated digits and pauses.
+        digits: Vec<DigitStep>,
+        /// The digits as the model gave them (for the result).
+        text: String,
+        /// The answer.
+        reply: CallControlReply,
+    },
+}
+
+impl CallControl {
+    /// Answers the request with `result` (a request whose tool gave up is
+    /// not an error).
+    pub fn answer(self, result: Result<serde_json::Value, String>) {
+        match self {
+            CallControl::SendDigits { reply, .. } => {
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+/// The transport's end: requests in the order the agent made them.
+pub type CallControlRequests = mpsc::UnboundedReceiver<CallControl>;
