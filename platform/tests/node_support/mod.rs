@@ -30,9 +30,20 @@ pub const AGENT_ANSWERS: &str = "Of course, a table for four tomorrow at seven. 
 /// caller's audio is speech, the LLM answers [`AGENT_ANSWERS`], the voice
 /// is a tone; extraction answers `{"party_size": 4}`.
 pub fn scripted_stack() -> (SpeechStack, Arc<dyn Extractor>) {
+    scripted_stack_with(CALLER_SAYS, AGENT_ANSWERS, json!({"party_size": 4}))
+}
+
+/// Scripted providers: the recognizer hears `hears` in the caller's
+/// speech, the LLM answers its first turn with `answers` (then "Okay."),
+/// the voice is a tone; extraction answers `extracted`.
+pub fn scripted_stack_with(
+    hears: &str,
+    answers: &str,
+    extracted: Value,
+) -> (SpeechStack, Arc<dyn Extractor>) {
     let llm = ScriptedLlm::new(
         vec![
-            ScriptRule::when(ScriptMatch::Turn(0)).reply(AGENT_ANSWERS),
+            ScriptRule::when(ScriptMatch::Turn(0)).reply(answers),
             ScriptRule::when(ScriptMatch::Always).reply("Okay."),
         ],
         LlmLatency {
@@ -49,7 +60,7 @@ pub fn scripted_stack() -> (SpeechStack, Arc<dyn Extractor>) {
         },
     );
     let asr = ScriptedAsr::new(
-        vec![CALLER_SAYS.to_owned()],
+        vec![hears.to_owned()],
         Duration::from_millis(150),
         Duration::from_millis(250),
     );
@@ -62,8 +73,7 @@ pub fn scripted_stack() -> (SpeechStack, Arc<dyn Extractor>) {
         end_of_turn_model: false,
         llm_timeout: Duration::from_secs(15),
     };
-    let json_model = ScriptedLlm::new(Vec::new(), LlmLatency::default())
-        .with_json_reply(json!({"party_size": 4}));
+    let json_model = ScriptedLlm::new(Vec::new(), LlmLatency::default()).with_json_reply(extracted);
     let extractor: Arc<dyn Extractor> =
         Arc::new(ModelExtractor::new(StructuredModel(Arc::new(json_model))));
     (stack, extractor)
@@ -167,6 +177,24 @@ impl TestNode {
             bought.push((number["id"].as_str().expect("id").to_owned(), e164));
         }
         bought
+    }
+
+    /// Polls `GET /v1/calls/{id}` until `done` holds of the call or
+    /// `timeout` passes; returns the call last read.
+    pub async fn call_until(
+        &self,
+        id: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (_, call) = self.call("GET", &format!("/v1/calls/{id}"), None).await;
+            if done(&call) || tokio::time::Instant::now() > deadline {
+                return call;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn inbound_calls(&self) -> Vec<Value> {

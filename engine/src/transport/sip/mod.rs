@@ -312,6 +312,33 @@ impl std::fmt::Debug for SipServer {
     }
 }
 
+/// Binds the UDP socket and, if `tcp`, a TCP listener on the same port
+/// (RFC 3261 18: UAs listen on both). With port 0 the UDP port is chosen
+/// by the system, and that port may already be taken for TCP by some
+/// other socket: then another UDP port is tried, a few times.
+async fn bind_udp_and_tcp(
+    bind: SocketAddr,
+    tcp: bool,
+) -> std::io::Result<(UdpSocket, Option<TcpListener>)> {
+    const ATTEMPTS_ON_AN_EPHEMERAL_PORT: usize = 16;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let socket = UdpSocket::bind(bind).await?;
+        if !tcp {
+            return Ok((socket, None));
+        }
+        match TcpListener::bind(socket.local_addr()?).await {
+            Ok(listener) => return Ok((socket, Some(listener))),
+            Err(error)
+                if bind.port() == 0
+                    && error.kind() == std::io::ErrorKind::AddrInUse
+                    && attempt < ATTEMPTS_ON_AN_EPHEMERAL_PORT => {}
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 impl SipServer {
     /// Binds the SIP socket. Fails if it cannot, or if the bind address is
     /// unspecified (0.0.0.0) and no advertised address is configured.
@@ -320,7 +347,7 @@ impl SipServer {
         worker: WorkerHandle,
         factory: impl SipCallFactory,
     ) -> std::io::Result<SipServer> {
-        let socket = UdpSocket::bind(config.bind).await?;
+        let (socket, tcp) = bind_udp_and_tcp(config.bind, config.tcp).await?;
         let local = socket.local_addr()?;
         let advertised_ip = match config.advertised_ip {
             Some(ip) => ip,
@@ -331,12 +358,6 @@ impl SipServer {
                     "bound to an unspecified address: set advertised_ip",
                 ));
             }
-        };
-        // SIP over TCP on the same port (RFC 3261 18: UAs listen on both).
-        let tcp = if config.tcp {
-            Some(TcpListener::bind(local).await?)
-        } else {
-            None
         };
         let tls = match &config.tls {
             Some(tls) => Some((TcpListener::bind(tls.bind).await?, tcp::tls_acceptor(tls)?)),
