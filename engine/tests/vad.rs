@@ -23,6 +23,8 @@ struct Fixture {
     id: String,
     speech: Option<(u64, u64)>,
     pauses: Vec<(u64, u64)>,
+    /// A voicemail beep after the speech (`beep_ms`).
+    beep: Option<(u64, u64)>,
     samples: Vec<i16>,
 }
 
@@ -48,10 +50,14 @@ fn fixtures() -> Vec<Fixture> {
                 .iter()
                 .map(|p| (p[0].as_u64().expect("ms"), p[1].as_u64().expect("ms")))
                 .collect();
+            let beep = u["beep_ms"]
+                .as_array()
+                .and_then(|b| Some((b.first()?.as_u64()?, b.get(1)?.as_u64()?)));
             Fixture {
                 id,
                 speech,
                 pauses,
+                beep,
                 samples: audio.samples,
             }
         })
@@ -294,6 +300,22 @@ fn the_energy_fallback_finds_speech_and_ignores_line_noise() {
             // energy VAD (unlike Silero) takes for speech.
             Some(_) if clip.id == "voicemail_greeting" => {
                 assert!(found.last().expect("speech").0 > 6400, "{found:?}")
+            }
+            // A clip whose beep the manifest marks: the speech before it is
+            // found as usual, and the beep is one more segment.
+            Some(speech) if clip.beep.is_some() => {
+                let (beep_start, beep_end) = clip.beep.unwrap_or_default();
+                let (before, beep): (Vec<_>, Vec<_>) = found
+                    .iter()
+                    .copied()
+                    .partition(|(start, _)| start + 100 < beep_start);
+                assert_boundaries(&clip.id, &before, speech, 200);
+                assert!(
+                    matches!(beep.as_slice(), [(start, end)]
+                        if start.abs_diff(beep_start) <= 100 && end.abs_diff(beep_end) <= 100),
+                    "{}: the beep {beep_start}-{beep_end} ms: {found:?}",
+                    clip.id
+                );
             }
             // The energy VAD misses quiet word endings below -40 dBFS (the
             // final "s" of "Sundays?" ends 154 ms early), so it may stop up
