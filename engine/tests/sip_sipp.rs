@@ -670,3 +670,123 @@ async fn malformed_sip_gets_400_or_is_dropped_and_the_server_keeps_working() {
         vec!["SIP/2.0 200 OK"]
     );
 }
+
+/// The transfer tests' agent: transfers when the caller wants a table,
+/// says sorry if the transfer failed.
+async fn start_transferring_engine(rtp_ports: std::ops::RangeInclusive<u16>) -> Engine {
+    let rules = || {
+        vec![
+            ScriptRule::when(ScriptMatch::ToolResultContains {
+                tool: "transfer_call".into(),
+                contains: "error".into(),
+            })
+            .reply("Sorry, I could not put you through. Can I help you myself?"),
+            ScriptRule::when(ScriptMatch::UserContains("table".into()))
+                .call("transfer_call", serde_json::json!({})),
+            ScriptRule::when(ScriptMatch::Always).reply("Okay."),
+        ]
+    };
+    let tools = ToolSet::from_json(
+        r#"[{"type":"builtin","name":"transfer_call","config":{"to":"+14155550100"}}]"#,
+    )
+    .expect("tools");
+    start_engine_with(rtp_ports, Duration::ZERO, move || {
+        scripted_conversation_with(&[BOOK_TABLE], rules(), tools.clone())
+    })
+    .await
+}
+
+/// The agent's tool results and spoken replies until its event stream
+/// ends or `wait` passes.
+async fn tool_results(
+    events: &mut mpsc::UnboundedReceiver<CallEvent>,
+    wait: Duration,
+) -> (Vec<(String, ToolOutcome)>, Vec<String>) {
+    let (mut results, mut agent_said) = (Vec::new(), Vec::new());
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.recv()).await {
+        match event {
+            CallEvent::ToolResult { name, outcome, .. } => results.push((name, outcome)),
+            CallEvent::TranscriptSegment {
+                role: Role::Agent,
+                text,
+                ..
+            } => agent_said.push(text),
+            _ => {}
+        }
+    }
+    (results, agent_said)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_the_agent_transfers_the_caller_with_refer_and_hangs_up() {
+    if !sipp_installed() {
+        skip("sipp_the_agent_transfers_the_caller_with_refer_and_hangs_up");
+        return;
+    }
+    let mut engine = start_transferring_engine(42_600..=42_620).await;
+    // SIPp checks the REFER's Refer-To and Referred-By, accepts it,
+    // reports 100 then 200 in NOTIFYs and expects our BYE.
+    let output = run_sipp(&engine, "uac_transferred.xml").await;
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+
+    let events = events_until_ended(&mut engine.events, Duration::from_secs(5)).await;
+    assert!(
+        events.iter().any(|event| matches!(
+            event,
+            SipEvent::Ended { reason: SipEnd::Transferred { to }, .. } if to == "+14155550100"
+        )),
+        "{events:?}"
+    );
+    let (mut agent_events, _) = engine.agents.recv().await.expect("the call's agent");
+    let (results, _) = tool_results(&mut agent_events, Duration::from_secs(3)).await;
+    assert_eq!(
+        results,
+        vec![(
+            "transfer_call".to_owned(),
+            ToolOutcome::Result(serde_json::json!({
+                "status": "transferred", "to": "+14155550100", "sip_status": 200
+            }))
+        )]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_a_declined_transfer_keeps_the_agent_on_the_call() {
+    if !sipp_installed() {
+        skip("sipp_a_declined_transfer_keeps_the_agent_on_the_call");
+        return;
+    }
+    let mut engine = start_transferring_engine(42_630..=42_650).await;
+    // SIPp answers the REFER 603, stays 3 s, then hangs up.
+    let output = run_sipp(&engine, "uac_transfer_declined.xml").await;
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+
+    let events = events_until_ended(&mut engine.events, Duration::from_secs(5)).await;
+    assert!(
+        events.iter().any(|event| matches!(
+            event,
+            SipEvent::Ended {
+                reason: SipEnd::RemoteBye,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    let (mut agent_events, _) = engine.agents.recv().await.expect("the call's agent");
+    let (results, agent_said) = tool_results(&mut agent_events, Duration::from_secs(3)).await;
+    assert_eq!(
+        results,
+        vec![(
+            "transfer_call".to_owned(),
+            ToolOutcome::Error("the transfer was refused: 603 Decline".into())
+        )],
+    );
+    // The model heard why and told the caller.
+    assert!(
+        agent_said
+            .iter()
+            .any(|text| text.contains("could not put you through")),
+        "{agent_said:?}"
+    );
+}

@@ -1,5 +1,5 @@
 //! The seam from the conversation to the call's transport for what only the
-//! transport can do (send keypad digits; transfer the call next): the
+//! transport can do (send keypad digits; transfer the call): the
 //! agent's built-in tools send a [`CallControl`] request and wait for the
 //! transport's answer, which goes back to the model as the tool result.
 //!
@@ -29,6 +29,15 @@ pub enum CallControl {
         /// The answer.
         reply: CallControlReply,
     },
+    /// Blind-transfer the call to `destination` (SIP REFER); answer once
+    /// the far end reports that the target answered (then the call ends)
+    /// or that the transfer failed (then the call goes on).
+    Transfer {
+        /// A phone number or a `sip:`/`tel:` URI, as configured.
+        destination: String,
+        /// The answer.
+        reply: CallControlReply,
+    },
 }
 
 impl CallControl {
@@ -36,7 +45,7 @@ impl CallControl {
     /// not an error).
     pub fn answer(self, result: Result<serde_json::Value, String>) {
         match self {
-            CallControl::SendDigits { reply, .. } => {
+            CallControl::SendDigits { reply, .. } | CallControl::Transfer { reply, .. } => {
                 let _ = reply.send(result);
             }
         }

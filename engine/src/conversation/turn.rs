@@ -26,7 +26,9 @@ use crate::providers::{
     ChatMessage, LlmEvent, LlmProvider, LlmRequest, ProviderError, ToolCallRequest, TtsProvider,
 };
 use crate::tools::http::HttpToolRunner;
-use crate::tools::{END_CALL, SEND_DTMF, ToolDefinition, ToolLimits, ToolPolicy, ToolSet, confirm};
+use crate::tools::{
+    END_CALL, SEND_DTMF, TRANSFER_CALL, ToolDefinition, ToolLimits, ToolPolicy, ToolSet, confirm,
+};
 
 /// LLM output stamped with the engine time it arrived.
 pub(super) type TimedLlmStream = BoxStream<'static, (Instant, Result<LlmEvent, ProviderError>)>;
@@ -415,6 +417,15 @@ fn run_tool(ctx: &TurnContext, call: ToolCallRequest, write_used: &mut bool) -> 
                 .max(playing + Duration::from_secs(2));
             return run_call_control(ctx, call, deadline, "send keypad digits", request);
         }
+        ToolDefinition::Builtin(builtin) if builtin.kind() == TRANSFER_CALL => {
+            let destination = match crate::tools::transfer::pick(builtin, &arguments) {
+                Ok(destination) => destination,
+                Err(error) => return immediate(ToolOutcome::Error(error), false),
+            };
+            let request = move |reply| CallControl::Transfer { destination, reply };
+            // The far end rings the target before it says how it went.
+            return run_call_control(ctx, call, TRANSFER_WAIT, "transfer the call", request);
+        }
         ToolDefinition::Builtin(builtin) => {
             return immediate(
                 ToolOutcome::Error(format!("built-in {:?} is not available", builtin.kind())),
@@ -448,6 +459,11 @@ fn run_tool(ctx: &TurnContext, call: ToolCallRequest, write_used: &mut bool) -> 
     });
     ToolStart::Running(done_rx)
 }
+
+/// How long `transfer_call` waits for the far end: the REFER's own
+/// retransmissions (up to 32 s) and then the final NOTIFY.
+const TRANSFER_WAIT: Duration =
+    Duration::from_secs(crate::transport::sip::refer::FINAL_NOTIFY_WAIT.as_secs() + 35);
 
 /// The `send_dtmf` request for the model's arguments, or why there is none.
 /// With it, how long the digits take to play.

@@ -4,6 +4,7 @@
 
 pub mod confirm;
 pub mod http;
+pub mod transfer;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,8 +21,11 @@ pub const END_CALL: &str = "end_call";
 /// The name of the built-in that plays keypad digits to the far end
 /// (argument `digits`: `0`-`9`, `*`, `#`, `A`-`D`, `w` for a pause).
 pub const SEND_DTMF: &str = "send_dtmf";
+/// The name of the built-in that blind-transfers the call to a configured
+/// destination (see [`transfer`]).
+pub const TRANSFER_CALL: &str = "transfer_call";
 /// Every built-in this engine has.
-pub const BUILTINS: [&str; 2] = [END_CALL, SEND_DTMF];
+pub const BUILTINS: [&str; 3] = [END_CALL, SEND_DTMF, TRANSFER_CALL];
 
 /// When the model may run a tool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -131,6 +135,10 @@ impl ToolDefinition {
 /// A `send_dtmf` given without its own description or arguments gets the
 /// engine's, so the model knows to pass `digits`.
 fn fill_builtin_schema(tool: &mut BuiltinTool) {
+    if tool.kind() == TRANSFER_CALL {
+        transfer::fill_schema(tool);
+        return;
+    }
     if tool.kind() != SEND_DTMF {
         return;
     }
@@ -177,6 +185,14 @@ pub enum ToolSetError {
     /// A built-in this engine does not have.
     #[error("unknown built-in {0:?}")]
     UnknownBuiltin(String),
+    /// A `transfer_call` without usable destinations.
+    #[error("tool {name:?} (transfer_call) {reason}")]
+    InvalidTransfer {
+        /// The tool.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// An agent's validated tools.
@@ -214,6 +230,14 @@ impl ToolSet {
                 ToolDefinition::Builtin(t) => {
                     if !BUILTINS.contains(&t.kind()) {
                         return Err(ToolSetError::UnknownBuiltin(t.kind().to_owned()));
+                    }
+                    if t.kind() == TRANSFER_CALL {
+                        transfer::destinations(t).map_err(|reason| {
+                            ToolSetError::InvalidTransfer {
+                                name: t.name.clone(),
+                                reason,
+                            }
+                        })?;
                     }
                 }
             }

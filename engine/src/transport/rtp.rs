@@ -890,6 +890,10 @@ impl DigitsOut {
                 let text = text.clone();
                 self.waiting.push((request, text));
             }
+            // Signalling's to do: the SIP task routes transfers itself.
+            CallControl::Transfer { .. } => {
+                request.answer(Err("this call's connection cannot transfer it".into()));
+            }
         }
     }
 

@@ -328,7 +328,9 @@ pub fn reason_phrase(code: u16) -> &'static str {
         100 => "Trying",
         180 => "Ringing",
         200 => "OK",
+        202 => "Accepted",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -340,13 +342,15 @@ pub fn reason_phrase(code: u16) -> &'static str {
         488 => "Not Acceptable Here",
         491 => "Request Pending",
         500 => "Server Internal Error",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
+        603 => "Decline",
         _ => "Unknown",
     }
 }
 
 /// The methods the engine's UAS handles.
-pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS";
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, NOTIFY";
 
 /// Builds a response to `request` (RFC 3261, section 8.2.6): the Vias,
 /// From, Call-ID and CSeq copied, `to_tag` added to To when it has none,

@@ -44,6 +44,7 @@ pub mod digest;
 pub mod message;
 pub mod outbound;
 pub mod outcome;
+pub mod refer;
 pub mod register;
 pub mod reinvite;
 pub mod sdp;
@@ -213,6 +214,11 @@ pub enum SipEnd {
     /// The session timer ran out (RFC 4028): no refresh came, or ours
     /// failed; we sent BYE.
     SessionExpired,
+    /// The agent transferred the call (REFER, the target answered); we sent BYE.
+    Transferred {
+        /// The destination, as configured.
+        to: String,
+    },
 }
 
 /// What the transport reports about a call.
@@ -451,6 +457,7 @@ impl SipServer {
             tls: self.tls,
             tcp_inbound: mpsc::unbounded_channel(),
             tcp_connections: HashMap::new(),
+            transfers: HashMap::new(),
         };
         driver.run(&stop).await
     }
@@ -467,6 +474,44 @@ fn random_seed() -> u64 {
             .unwrap_or_default(),
     );
     hasher.finish()
+}
+
+/// Splits the agent's call-control requests: digits go to the call's RTP
+/// task (the returned receiver), transfers to the SIP task (they are
+/// signalling). Ends when the agent or the RTP task goes away.
+fn route_call_control(
+    call: SipCallId,
+    mut requests: crate::conversation::call_control::CallControlRequests,
+    notices: &mpsc::UnboundedSender<Notice>,
+) -> crate::conversation::call_control::CallControlRequests {
+    use crate::conversation::call_control::CallControl;
+    let (media, media_requests) = mpsc::unbounded_channel();
+    let notices = notices.clone();
+    tokio::spawn(async move {
+        while let Some(request) = requests.recv().await {
+            match request {
+                CallControl::Transfer { destination, reply } => {
+                    let notice = Notice::Transfer {
+                        call,
+                        destination,
+                        reply,
+                    };
+                    if let Err(mpsc::error::SendError(Notice::Transfer { reply, .. })) =
+                        notices.send(notice)
+                    {
+                        let _ = reply.send(Err("the call is over".into()));
+                    }
+                }
+                digits @ CallControl::SendDigits { .. } => {
+                    if let Err(mpsc::error::SendError(request)) = media.send(digits) {
+                        request.answer(Err("the call is over".into()));
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    media_requests
 }
 
 /// An outbound call placed, waiting for the callee's answer.
@@ -494,6 +539,12 @@ struct RunningCall {
 
 /// What call tasks tell the SIP task.
 enum Notice {
+    /// The agent asks to transfer the call.
+    Transfer {
+        call: SipCallId,
+        destination: String,
+        reply: crate::conversation::call_control::CallControlReply,
+    },
     /// The call's media ended; `hung_up` if the engine ended it (send BYE).
     Finished { call: SipCallId, hung_up: bool },
     /// The TCP connection an outbound call over TCP waited for.
@@ -538,6 +589,8 @@ struct Driver {
     ),
     /// Open TCP connections by peer, to write to.
     tcp_connections: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>,
+    /// Transfers under way: the destination and the agent's waiting tool.
+    transfers: HashMap<SipCallId, (String, crate::conversation::call_control::CallControlReply)>,
 }
 
 /// Accepts on `listener`, or never if there is none.
@@ -684,8 +737,13 @@ impl Driver {
                     }
                 }
                 Some(notice) = self.notices.1.recv() => match notice {
+                    Notice::Transfer { call, destination, reply } => {
+                        self.on_transfer(call, destination, reply);
+                    }
                     Notice::Finished { call, hung_up } => {
                         self.running.remove(&call);
+                        // A transfer still waiting learns the call is over.
+                        self.transfers.remove(&call);
                         if hung_up {
                             let now = self.now();
                             if is_outbound(call) {
@@ -742,6 +800,7 @@ impl Driver {
             UasOutput::Incoming(incoming) => self.on_incoming(incoming),
             UasOutput::Answered(call) => self.on_answered(call).await,
             UasOutput::Ended { call, reason } => self.on_ended(call, reason),
+            UasOutput::TransferEnded { call, outcome } => self.on_transfer_ended(call, outcome),
             UasOutput::MediaChanged { call, update } => {
                 if let Some(running) = self.running.get(&call) {
                     let _ = running.control.send(update);
@@ -842,7 +901,9 @@ impl Driver {
         };
         // Keys reach the agent as they arrive, beside the media (RFC 4733).
         let keypad = link.as_ref().map(|link| link.agent.keypad());
-        let call_control = link.as_ref().map(|link| link.agent.attach_call_control());
+        let call_control = link.as_ref().map(|link| {
+            route_call_control(call, link.agent.attach_call_control(), &self.notices.0)
+        });
         let spec = CallSpec {
             config,
             link,
@@ -960,6 +1021,60 @@ impl Driver {
 }
 
 impl Driver {
+    /// The agent's `transfer_call`: REFER in the call's dialog.
+    fn on_transfer(
+        &mut self,
+        call: SipCallId,
+        destination: String,
+        reply: crate::conversation::call_control::CallControlReply,
+    ) {
+        let now = self.now();
+        let sent = if is_outbound(call) {
+            self.uac
+                .transfer(now, call, &destination)
+                .map_err(|e| e.to_string())
+        } else {
+            self.uas
+                .transfer(now, call, &destination)
+                .map_err(|e| e.to_string())
+        };
+        match sent {
+            Ok(()) => {
+                self.transfers.insert(call, (destination, reply));
+            }
+            Err(error) => {
+                let _ = reply.send(Err(format!("the call cannot be transferred: {error}")));
+            }
+        }
+    }
+
+    /// A transfer's outcome goes to the agent's tool; a transfer that
+    /// reached its target ends our side of the call (RFC 5589 6: the
+    /// transferor sends BYE).
+    fn on_transfer_ended(&mut self, call: SipCallId, outcome: refer::TransferOutcome) {
+        let Some((destination, reply)) = self.transfers.remove(&call) else {
+            return;
+        };
+        match outcome {
+            refer::TransferOutcome::Transferred { status } => {
+                let _ = reply.send(Ok(serde_json::json!({
+                    "status": "transferred",
+                    "to": destination,
+                    "sip_status": status,
+                })));
+                if let Some(running) = self.running.remove(&call) {
+                    let _ = running.reason.send(SipEnd::Transferred { to: destination });
+                    running.stop.cancel();
+                }
+                self.hang_up_signalling(call);
+            }
+            // The call goes on: the agent tells the caller.
+            refer::TransferOutcome::Failed { reason, .. } => {
+                let _ = reply.send(Err(reason));
+            }
+        }
+    }
+
     /// Ends the SIP side of a call that could not start its media.
     fn hang_up_signalling(&mut self, call: SipCallId) {
         let now = self.now();
@@ -1114,6 +1229,7 @@ impl Driver {
                 self.start_media(call, setup, (socket, rtcp_socket), media)
                     .await;
             }
+            UacOutput::TransferEnded { call, outcome } => self.on_transfer_ended(call, outcome),
             UacOutput::Ended { call, reason } => {
                 let reason = match reason {
                     UacEnd::RemoteBye => SipEnd::RemoteBye,

@@ -82,6 +82,7 @@ pub fn call_outcome(end: &SipEnd, answered: bool) -> CallResult {
         SipEnd::BadAnswer => (CallOutcome::Failed, "sdp_answer".to_owned()),
         SipEnd::AckTimeout => (CallOutcome::Failed, "ack_timeout".to_owned()),
         SipEnd::SessionExpired => (CallOutcome::Failed, "session_expired".to_owned()),
+        SipEnd::Transferred { .. } => (CallOutcome::Completed, "transferred".to_owned()),
         SipEnd::WorkerFailed(_) => (CallOutcome::Failed, "media_worker".to_owned()),
         SipEnd::SocketFailed => (CallOutcome::Failed, "rtp_socket".to_owned()),
     };
@@ -125,6 +126,12 @@ mod tests {
             (SipEnd::BadAnswer, false, "failed", "sdp_answer"),
             (SipEnd::AckTimeout, false, "failed", "ack_timeout"),
             (SipEnd::SessionExpired, true, "completed", "session_expired"),
+            (
+                SipEnd::Transferred { to: "+1".into() },
+                true,
+                "completed",
+                "transferred",
+            ),
             (
                 SipEnd::WorkerFailed("gone".into()),
                 false,

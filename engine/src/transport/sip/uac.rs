@@ -42,7 +42,8 @@ use std::time::Duration;
 use thiserror::Error;
 
 use super::digest::{Challenge, Credentials};
-use super::message::{ALLOW, BRANCH_COOKIE, SipMessage, response};
+use super::message::{ALLOW, BRANCH_COOKIE, SipMessage, name_addr_uri, response};
+use super::refer::{Transfer, TransferOutcome, TransferTimeout, refer_headers, refer_to_uri};
 use super::sdp::{Answer, Negotiated, Offer, negotiate, read_answer};
 use super::uas::SipCallId;
 use crate::clock::Instant;
@@ -150,6 +151,14 @@ pub enum UacOutput {
         /// The codec and address the callee's answer chose.
         media: Negotiated,
     },
+    /// Our REFER ([`SipUac::transfer`]) came to an end. On success the
+    /// call is still up: the application hangs up (RFC 5589 6).
+    TransferEnded {
+        /// The call.
+        call: SipCallId,
+        /// How the transfer went.
+        outcome: TransferOutcome,
+    },
     /// The call is over (reported once per call).
     Ended {
         /// The call.
@@ -165,6 +174,12 @@ pub enum UacError {
     /// The call is over or never existed.
     #[error("no such call")]
     UnknownCall,
+    /// The call is not answered (or already leaving).
+    #[error("the call cannot do that now")]
+    WrongState,
+    /// A transfer of the call is already under way.
+    #[error("a transfer of this call is already under way")]
+    TransferInProgress,
 }
 
 /// Counters of the UAC.
@@ -256,6 +271,8 @@ struct Call {
     auth_tries: u32,
     ended: bool,
     state: State,
+    /// Our REFER, from its sending to its final NOTIFY.
+    transfer: Option<Transfer>,
 }
 
 /// The outbound-call UAC. See the module docs.
@@ -330,7 +347,8 @@ impl SipUac {
                     State::Closed { forget_at } => Some(*forget_at),
                     State::Proceeding | State::Confirmed => None,
                 };
-                [ring, state].into_iter().flatten().min()
+                let transfer = call.transfer.as_ref().map(Transfer::deadline);
+                [ring, state, transfer].into_iter().flatten().min()
             })
             .min()
     }
@@ -399,6 +417,7 @@ impl SipUac {
             auth_tries: 0,
             ended: false,
             state: State::Proceeding,
+            transfer: None,
         };
         self.send_invite(now, &mut call, None);
         self.calls.insert(call_id, call);
@@ -471,6 +490,56 @@ impl SipUac {
         };
         self.calls.insert(key, tracked);
         result
+    }
+
+    /// Blind-transfers an answered call to `destination` (a phone number
+    /// at the peer's host, or a URI: [`refer_to_uri`]): sends REFER (see
+    /// [`super::refer`]). The outcome comes as
+    /// [`UacOutput::TransferEnded`].
+    pub fn transfer(
+        &mut self,
+        now: Instant,
+        call: SipCallId,
+        destination: &str,
+    ) -> Result<(), UacError> {
+        let key = self.key(call).ok_or(UacError::UnknownCall)?;
+        let branch = self.branch();
+        let Some(mut tracked) = self.calls.remove(&key) else {
+            return Err(UacError::UnknownCall);
+        };
+        let result = if !matches!(tracked.state, State::Confirmed) || tracked.ended {
+            Err(UacError::WrongState)
+        } else if tracked.transfer.is_some() {
+            Err(UacError::TransferInProgress)
+        } else {
+            let mut text = self.in_dialog(&tracked, "REFER", tracked.next_cseq, &branch);
+            let referred_by = name_addr_uri(&tracked.from)
+                .unwrap_or("sip:callingbox@invalid")
+                .to_owned();
+            let refer_to = refer_to_uri(destination, tracked.dial.target);
+            text.push_str(&refer_headers(
+                &refer_to,
+                &referred_by,
+                &self.contact(&tracked.dial),
+            ));
+            tracked.next_cseq += 1;
+            let timers = (self.config.t1, self.config.t2);
+            let to = tracked.dial.target;
+            tracked.transfer = Some(Transfer::sent(now, to, branch, text.clone(), timers));
+            self.transmit(to, text);
+            Ok(())
+        };
+        self.calls.insert(key, tracked);
+        result
+    }
+
+    /// Reports a transfer's outcome and forgets the transfer.
+    fn transfer_ended(&mut self, call: &mut Call, outcome: TransferOutcome) {
+        call.transfer = None;
+        self.outputs.push_back(UacOutput::TransferEnded {
+            call: call.id,
+            outcome,
+        });
     }
 
     fn key(&self, call: SipCallId) -> Option<String> {
@@ -604,6 +673,20 @@ impl SipUac {
                 } = &mut call.state
                 {
                     *cancel_answered = true;
+                }
+            }
+            "REFER"
+                if call
+                    .transfer
+                    .as_ref()
+                    .is_some_and(|t| message.branch() == Some(t.branch())) =>
+            {
+                if let Some(outcome) = call
+                    .transfer
+                    .as_mut()
+                    .and_then(|transfer| transfer.on_response(now, code))
+                {
+                    self.transfer_ended(call, outcome);
                 }
             }
             "BYE" if code >= 200 && message.branch() == call.bye_branch.as_deref() => {
@@ -848,6 +931,17 @@ impl SipUac {
                 };
                 self.transmit(source, text);
             }
+            "NOTIFY" if in_dialog && call.transfer.is_some() => {
+                let text = response(request, 200, None, source, &[], None);
+                self.transmit(source, text);
+                if let Some(outcome) = call
+                    .transfer
+                    .as_mut()
+                    .and_then(|transfer| transfer.on_notify(now, request))
+                {
+                    self.transfer_ended(call, outcome);
+                }
+            }
             "OPTIONS" if in_dialog => {
                 let text = response(request, 200, None, source, &[("Allow", ALLOW)], None);
                 self.transmit(source, text);
@@ -872,6 +966,16 @@ impl SipUac {
                 continue;
             };
             let mut forget = false;
+            if let Some(transfer) = call.transfer.as_mut().filter(|t| t.deadline() <= now) {
+                match transfer.handle_timeout(now) {
+                    TransferTimeout::Wait => {}
+                    TransferTimeout::Resend(to, text) => {
+                        self.stats.retransmitted += 1;
+                        self.transmit(to, text);
+                    }
+                    TransferTimeout::Done(outcome) => self.transfer_ended(&mut call, outcome),
+                }
+            }
             let ringing = matches!(call.state, State::Calling(_) | State::Proceeding);
             if ringing && !call.ended && call.cancel_pending.is_none() && call.ring_at <= now {
                 if call.provisional {

@@ -31,6 +31,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use super::message::{BRANCH_COOKIE, ParseError, SipMessage, name_addr_uri, response};
+use super::refer::{Transfer, TransferOutcome, TransferTimeout, refer_headers, refer_to_uri};
 use super::reinvite::{MediaUpdate, PendingReinvite, Reoffer, read_reoffer};
 use super::session_timer::{
     SessionTimer, SessionTimerConfig, TimerTerms, allows_update, negotiate_timer, read_refresh,
@@ -38,7 +39,7 @@ use super::session_timer::{
 };
 
 /// The methods the UAS handles (UPDATE: session refreshes, RFC 4028).
-const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE";
+const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, NOTIFY";
 use super::sdp::{Answer, Negotiated, SdpError, negotiate};
 use crate::clock::Instant;
 
@@ -141,6 +142,14 @@ pub enum UasOutput {
         /// What the media does now.
         update: MediaUpdate,
     },
+    /// Our REFER ([`SipUas::transfer`]) came to an end. On success the
+    /// call is still up: the application hangs up (RFC 5589 6).
+    TransferEnded {
+        /// The call.
+        call: SipCallId,
+        /// How the transfer went.
+        outcome: TransferOutcome,
+    },
     /// The call is over (reported once per call that was [`UasOutput::Incoming`]).
     Ended {
         /// The call.
@@ -159,6 +168,9 @@ pub enum UasError {
     /// The call is not in a state that allows this.
     #[error("the call cannot do that now")]
     WrongState,
+    /// A transfer of the call is already under way.
+    #[error("a transfer of this call is already under way")]
+    TransferInProgress,
 }
 
 /// Counters of the UAS.
@@ -243,6 +255,8 @@ struct Call {
     peer_allows_update: bool,
     /// Our refresh in flight.
     refresh: Option<Refresh>,
+    /// Our REFER, from its sending to its final NOTIFY.
+    transfer: Option<Transfer>,
     /// No refresh of ours before this (after a 491 or a refusal).
     refresh_not_before: Option<Instant>,
 }
@@ -328,7 +342,16 @@ impl SipUas {
             .filter_map(|call| call.reinvite.as_ref().map(PendingReinvite::deadline));
         let timers = self.calls.values().filter_map(timer_deadline);
         let replays = self.replays.values().map(|replay| replay.forget_at);
-        calls.chain(reinvites).chain(timers).chain(replays).min()
+        let transfers = self
+            .calls
+            .values()
+            .filter_map(|call| call.transfer.as_ref().map(Transfer::deadline));
+        calls
+            .chain(reinvites)
+            .chain(timers)
+            .chain(replays)
+            .chain(transfers)
+            .min()
     }
 
     fn random(&mut self) -> u64 {
@@ -391,6 +414,7 @@ impl SipUas {
             "CANCEL" => self.on_cancel(now, source, &message),
             "BYE" => self.on_bye(now, source, &message),
             "UPDATE" => self.on_update(now, source, &message),
+            "NOTIFY" => self.on_notify(now, source, &message),
             "OPTIONS" => {
                 let text = response(
                     &message,
@@ -537,6 +561,7 @@ impl SipUas {
             peer_allows_update,
             refresh: None,
             refresh_not_before: None,
+            transfer: None,
         };
         let incoming = media.ok().map(|media| IncomingCall {
             call: id,
@@ -647,6 +672,84 @@ impl SipUas {
             }
             _ => Err(UasError::WrongState),
         }
+    }
+
+    /// Blind-transfers an answered call to `destination` (a phone number
+    /// at the peer's host, or a URI: [`refer_to_uri`]): sends REFER (see
+    /// [`super::refer`]). The outcome comes as
+    /// [`UasOutput::TransferEnded`].
+    pub fn transfer(
+        &mut self,
+        now: Instant,
+        call: SipCallId,
+        destination: &str,
+    ) -> Result<(), UasError> {
+        let key = self.call_key(call).ok_or(UasError::UnknownCall)?;
+        let branch = format!("{BRANCH_COOKIE}{:x}", self.random());
+        let contact = self.contact(&key);
+        let (local, timers) = (self.config.local, (self.config.t1, self.config.t2));
+        let tracked = self.calls.get_mut(&key).ok_or(UasError::UnknownCall)?;
+        if !matches!(tracked.state, State::Confirmed) {
+            return Err(UasError::WrongState);
+        }
+        if tracked.transfer.is_some() {
+            return Err(UasError::TransferInProgress);
+        }
+        let to = tracked.invite.header("to").unwrap_or_default();
+        let referred_by = name_addr_uri(to)
+            .unwrap_or("sip:callingbox@invalid")
+            .to_owned();
+        let mut text = String::with_capacity(768);
+        let _ = write!(
+            text,
+            "REFER {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch={branch};rport\r\n\
+             Max-Forwards: 70\r\nFrom: {to};tag={tag}\r\nTo: {from}\r\nCall-ID: {call_id}\r\n\
+             CSeq: {cseq} REFER\r\n",
+            target = dialog_target(&tracked.invite),
+            tag = tracked.to_tag,
+            from = tracked.invite.header("from").unwrap_or_default(),
+            call_id = tracked.invite.call_id().unwrap_or_default(),
+            cseq = tracked.next_cseq,
+            transport = via_transport(&tracked.invite),
+        );
+        let refer_to = refer_to_uri(destination, tracked.source);
+        text.push_str(&refer_headers(&refer_to, &referred_by, &contact));
+        tracked.next_cseq += 1;
+        let source = tracked.source;
+        tracked.transfer = Some(Transfer::sent(now, source, branch, text.clone(), timers));
+        self.transmit(source, text);
+        Ok(())
+    }
+
+    /// A NOTIFY of our REFER's subscription: 200, and maybe the outcome.
+    fn on_notify(&mut self, now: Instant, source: SocketAddr, notify: &SipMessage) {
+        let found = notify
+            .call_id()
+            .and_then(|id| self.calls.get_mut(id))
+            .filter(|call| notify.to_tag() == Some(call.to_tag.as_str()))
+            .and_then(|call| {
+                let outcome = call.transfer.as_mut()?.on_notify(now, notify);
+                Some((call.id, outcome))
+            });
+        let Some((id, outcome)) = found else {
+            let text = response(notify, 481, None, source, &[], None);
+            self.answer_non_invite(now, source, notify, "NOTIFY", text);
+            return;
+        };
+        let text = response(notify, 200, None, source, &[], None);
+        self.answer_non_invite(now, source, notify, "NOTIFY", text);
+        if let Some(outcome) = outcome {
+            self.transfer_ended(id, outcome);
+        }
+    }
+
+    /// Reports a transfer's outcome and forgets the transfer.
+    fn transfer_ended(&mut self, call: SipCallId, outcome: TransferOutcome) {
+        if let Some(tracked) = self.calls.values_mut().find(|tracked| tracked.id == call) {
+            tracked.transfer = None;
+        }
+        self.outputs
+            .push_back(UasOutput::TransferEnded { call, outcome });
     }
 
     fn send_ok(&mut self, now: Instant, key: &str) {
@@ -1078,6 +1181,20 @@ impl SipUas {
             return;
         }
         let branch = message.branch().unwrap_or_default();
+        let transferring = self
+            .calls
+            .values_mut()
+            .find(|call| call.transfer.as_ref().is_some_and(|t| t.branch() == branch))
+            .and_then(|call| {
+                let outcome = call.transfer.as_mut()?.on_response(now, code);
+                Some((call.id, outcome))
+            });
+        if let Some((id, outcome)) = transferring {
+            if let Some(outcome) = outcome {
+                self.transfer_ended(id, outcome);
+            }
+            return;
+        }
         let refreshed = self
             .calls
             .iter()
@@ -1179,6 +1296,20 @@ impl SipUas {
             {
                 refreshes.push(key.clone());
             }
+        }
+        let mut transfers_ended = Vec::new();
+        for call in self.calls.values_mut() {
+            let Some(transfer) = call.transfer.as_mut().filter(|t| t.deadline() <= now) else {
+                continue;
+            };
+            match transfer.handle_timeout(now) {
+                TransferTimeout::Wait => {}
+                TransferTimeout::Resend(to, text) => due.push((String::new(), Due::Send(to, text))),
+                TransferTimeout::Done(outcome) => transfers_ended.push((call.id, outcome)),
+            }
+        }
+        for (id, outcome) in transfers_ended {
+            self.transfer_ended(id, outcome);
         }
         due.sort_by(|a, b| a.0.cmp(&b.0));
         for key in refreshes {
