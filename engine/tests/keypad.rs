@@ -174,7 +174,10 @@ async fn send_dtmf_asks_the_transport_and_returns_its_answer() {
         ref digits,
         ref text,
         ..
-    } = request;
+    } = request
+    else {
+        panic!("not digits: {request:?}");
+    };
     assert_eq!(text, "1w2#");
     assert_eq!(
         digits,

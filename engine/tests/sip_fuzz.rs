@@ -950,7 +950,10 @@ fn drain_uas(uas: &mut SipUas, now: Instant, accept: &mut bool) -> Vec<SipMessag
                     let _ = uas.reject(now, call.call, 486);
                 }
             }
-            UasOutput::Answered(_) | UasOutput::Ended { .. } | UasOutput::MediaChanged { .. } => {}
+            UasOutput::Answered(_)
+            | UasOutput::Ended { .. }
+            | UasOutput::MediaChanged { .. }
+            | UasOutput::TransferEnded { .. } => {}
         }
     }
     sent

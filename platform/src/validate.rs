@@ -1,7 +1,7 @@
 //! Field validation shared by the API's resources. Each check returns the
 //! message the client sees in `{"error": ...}`.
 
-use callingbox_engine::tools::{BUILTINS, MAX_TOOLS};
+use callingbox_engine::tools::{BUILTINS, BuiltinTool, MAX_TOOLS, TRANSFER_CALL, transfer};
 use serde_json::{Map, Value};
 
 /// Most fields a `returns` schema may have.
@@ -9,7 +9,7 @@ pub const MAX_RETURNS_FIELDS: usize = 50;
 /// The `returns` field types extraction can produce.
 pub const RETURNS_TYPES: [&str; 4] = ["string", "number", "integer", "boolean"];
 /// The built-in tools the engine runs.
-pub const BUILTIN_TOOLS: [&str; 2] = BUILTINS;
+pub const BUILTIN_TOOLS: [&str; 3] = BUILTINS;
 /// The languages calls can be held in (BCP-47 primary subtags).
 pub const LANGUAGES: [&str; 2] = ["en", "es"];
 /// What an agent does when a machine answers.
@@ -195,6 +195,11 @@ pub fn tools(field: &str, value: &Value) -> Result<(), String> {
                     None => name,
                 };
                 one_of(&format!("{at}.builtin"), builtin, &BUILTIN_TOOLS)?;
+                if builtin == TRANSFER_CALL {
+                    let parsed: BuiltinTool = serde_json::from_value(Value::Object(tool.clone()))
+                        .map_err(|e| format!("{at}: {e}"))?;
+                    transfer::destinations(&parsed).map_err(|e| format!("{at}.config {e}"))?;
+                }
             }
             other => {
                 return Err(format!(
@@ -382,6 +387,22 @@ mod tests {
             tools("tools", &unknown)
                 .expect_err("refused")
                 .contains("builtin")
+        );
+        let transfer = json!([{"type": "builtin", "name": "transfer_call",
+                                "config": {"destinations": {"sales": "+14155550100"}}}]);
+        assert!(tools("tools", &transfer).is_ok());
+        let nowhere = json!([{"type": "builtin", "name": "transfer_call"}]);
+        assert!(
+            tools("tools", &nowhere)
+                .expect_err("refused")
+                .contains("tools[0].config needs")
+        );
+        let injected = json!([{"type": "builtin", "name": "transfer_call",
+                                "config": {"to": "sip:a@b>\r\nX: 1"}}]);
+        assert!(
+            tools("tools", &injected)
+                .expect_err("refused")
+                .contains("not a phone number")
         );
     }
 }

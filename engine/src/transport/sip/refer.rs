@@ -341,9 +341,8 @@ mod tests {
         let mut transfer = transfer();
         assert_eq!(transfer.handle_timeout(at(499)), TransferTimeout::Wait);
         let mut resent = Vec::new();
-        let mut now = 0;
-        loop {
-            now = transfer.deadline().since_epoch().as_millis() as u64;
+        let gave_up_at = loop {
+            let now = transfer.deadline().since_epoch().as_millis() as u64;
             match transfer.handle_timeout(at(now)) {
                 TransferTimeout::Resend(to, text) => {
                     assert_eq!(to, peer());
@@ -358,15 +357,15 @@ mod tests {
                             ..
                         }
                     ));
-                    break;
+                    break now;
                 }
                 TransferTimeout::Wait => panic!("a deadline with nothing due at {now}"),
             }
-        }
+        };
         // 0.5, 1.5, 3.5, 7.5, 11.5 ... s: doubling to T2 = 4 s; F at 32 s.
         assert_eq!(&resent[..4], &[500, 1_500, 3_500, 7_500]);
         assert_eq!(resent[4] - resent[3], 4_000);
-        assert_eq!(now, 32_000);
+        assert_eq!(gave_up_at, 32_000);
     }
 
     #[test]

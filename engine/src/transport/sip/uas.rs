@@ -1710,6 +1710,70 @@ mod tests {
     }
 
     #[test]
+    fn a_transfer_sends_refer_follows_the_notifies_and_reports_the_outcome() {
+        let mut uas = uas(Duration::ZERO);
+        let (call, tag) = answered(&mut uas);
+        // Not before the ACK: the dialog is not confirmed.
+        assert_eq!(
+            uas.transfer(at(5), call, "+14155550100"),
+            Err(UasError::WrongState)
+        );
+        let tag = format!(";tag={tag}");
+        uas.handle_datagram(at(10), peer(), &request("ACK", "1000", "ack", 1, &tag, ""));
+        drain(&mut uas);
+        uas.transfer(at(1_000), call, "+14155550100")
+            .expect("transfer");
+        assert_eq!(
+            uas.transfer(at(1_001), call, "+14155550100"),
+            Err(UasError::TransferInProgress)
+        );
+        let refer = last_sent(&mut uas).remove(0);
+        assert_eq!(refer.method(), Some("REFER"));
+        assert_eq!(refer.to_tag(), Some("caller"));
+        assert_eq!(refer.from_tag(), tag.strip_prefix(";tag="));
+        assert_eq!(
+            refer.header("refer-to"),
+            Some("<sip:+14155550100@127.0.0.1:5061>")
+        );
+        assert_eq!(
+            refer.header("referred-by"),
+            Some("<sip:1000@127.0.0.1:5060>")
+        );
+        // Unanswered: timer E resends it.
+        uas.handle_timeout(at(1_500));
+        assert_eq!(drain(&mut uas).0, vec!["REFER"]);
+        let accepted = response(&refer, 202, None, peer(), &[], None);
+        uas.handle_datagram(at(1_600), peer(), accepted.as_bytes());
+        assert_eq!(drain(&mut uas), (vec![], vec![]));
+        let notify = |branch: &str, cseq: u32, frag: &str| {
+            let text = String::from_utf8(request("NOTIFY", "1000", branch, cseq, &tag, frag))
+                .expect("utf-8")
+                .replace("application/sdp", "message/sipfrag");
+            text.into_bytes()
+        };
+        uas.handle_datagram(
+            at(1_700),
+            peer(),
+            &notify("n1", 2, "SIP/2.0 180 Ringing\r\n"),
+        );
+        assert_eq!(drain(&mut uas), (vec!["200".to_owned()], vec![]));
+        uas.handle_datagram(at(4_000), peer(), &notify("n2", 3, "SIP/2.0 200 OK\r\n"));
+        assert_eq!(
+            drain(&mut uas),
+            (
+                vec!["200".to_owned()],
+                vec![UasOutput::TransferEnded {
+                    call,
+                    outcome: TransferOutcome::Transferred { status: 200 }
+                }]
+            )
+        );
+        // The subscription is over: another NOTIFY is not ours.
+        uas.handle_datagram(at(4_100), peer(), &notify("n3", 4, "SIP/2.0 200 OK\r\n"));
+        assert_eq!(drain(&mut uas).0, vec!["481"]);
+    }
+
+    #[test]
     fn our_bye_is_retransmitted_until_answered() {
         let mut uas = uas(Duration::ZERO);
         let (call, tag) = answered(&mut uas);
