@@ -435,8 +435,27 @@ fn run_tool(ctx: &TurnContext, call: ToolCallRequest, write_used: &mut bool) -> 
         ToolDefinition::Http(http) => http.clone(),
     };
     let deadline = ctx.limits.timeout_for(tool);
-    let (done_tx, done_rx) = oneshot::channel();
     let runner = ctx.runner.clone();
+    let work = async move {
+        runner
+            .call(&http, &arguments)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    spawn_tool(ctx, call, deadline, "the tool did not answer", work)
+}
+
+/// Runs a tool's `work` on the call's task tracker until it answers, the
+/// `deadline` passes (`late` says so) or the call ends, and records the
+/// outcome; the turn waits on the returned receiver.
+fn spawn_tool(
+    ctx: &TurnContext,
+    call: ToolCallRequest,
+    deadline: Duration,
+    late: &'static str,
+    work: impl Future<Output = Result<serde_json::Value, String>> + Send + 'static,
+) -> ToolStart {
+    let (done_tx, done_rx) = oneshot::channel();
     let shared = Arc::clone(&ctx.shared);
     let events = ctx.events.clone();
     let cancel = ctx.cancel.clone();
@@ -447,9 +466,9 @@ fn run_tool(ctx: &TurnContext, call: ToolCallRequest, write_used: &mut bool) -> 
         let started = clock.now();
         let outcome = tokio::select! {
             () = cancel.cancelled() => ToolOutcome::Error("the call ended before the tool answered".into()),
-            result = tokio::time::timeout(deadline, runner.call(&http, &arguments)) => match result {
-                Err(_) => ToolOutcome::Error(format!("the tool did not answer within {} ms", deadline.as_millis())),
-                Ok(Err(e)) => ToolOutcome::Error(e.to_string()),
+            result = tokio::time::timeout(deadline, work) => match result {
+                Err(_) => ToolOutcome::Error(format!("{late} within {} ms", deadline.as_millis())),
+                Ok(Err(error)) => ToolOutcome::Error(error),
                 Ok(Ok(value)) => ToolOutcome::Result(value),
             },
         };
@@ -514,28 +533,12 @@ fn run_call_control(
         );
         return ToolStart::Done { ends_call: false };
     }
-    let (done_tx, done_rx) = oneshot::channel();
-    let shared = Arc::clone(&ctx.shared);
-    let events = ctx.events.clone();
-    let cancel = ctx.cancel.clone();
-    let clock = ctx.clock;
-    let running = ToolRunningGuard::enter(Arc::clone(&ctx.tools_running));
-    ctx.tracker.spawn(async move {
-        let _running = running;
-        let started = clock.now();
-        let outcome = tokio::select! {
-            () = cancel.cancelled() => ToolOutcome::Error("the call ended before the tool answered".into()),
-            result = tokio::time::timeout(deadline, reply_rx) => match result {
-                Err(_) => ToolOutcome::Error(format!("the call did not answer within {} ms", deadline.as_millis())),
-                Ok(Err(_)) => ToolOutcome::Error("the call ended before the request was done".into()),
-                Ok(Ok(Err(error))) => ToolOutcome::Error(error),
-                Ok(Ok(Ok(value))) => ToolOutcome::Result(value),
-            },
-        };
-        record_tool_result(&shared, &events, &call, outcome, clock.now() - started);
-        let _ = done_tx.send(());
-    });
-    ToolStart::Running(done_rx)
+    let work = async move {
+        reply_rx
+            .await
+            .unwrap_or_else(|_| Err("the call ended before the request was done".into()))
+    };
+    spawn_tool(ctx, call, deadline, "the call did not answer", work)
 }
 
 /// Counts a running tool until dropped (also when its task is aborted).
