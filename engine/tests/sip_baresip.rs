@@ -251,9 +251,10 @@ impl Window {
 }
 
 /// Which windows are the agent's voice, counting up to `MAX_DIP` dim
-/// windows between two of them as voice: Opus dims a frame or two of the
-/// square wave where its encoder changes mode (always at the same place in
-/// this call), which is the codec's doing, not a pause of the agent.
+/// windows between two of them as voice: the decoded square wave dims for
+/// about one 20 ms window at the same place in every run (~0.6 s into the
+/// reply), though the engine sends the reply's packets evenly every 20 ms;
+/// an Opus artefact on a square wave, most likely, not a pause of the agent.
 fn bridge_dips(windows: &[Window]) -> Vec<bool> {
     const MAX_DIP: usize = 2;
     let mut voiced: Vec<bool> = windows.iter().map(|window| window.is_agent()).collect();
