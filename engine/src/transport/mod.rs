@@ -13,6 +13,7 @@
 //! `<Connect><Stream>`), which Telnyx also speaks; [`webrtc`] is a browser
 //! calling over WebRTC (Opus both ways).
 
+pub mod comfort_silence;
 pub mod media_stream;
 pub mod rtcp;
 pub mod rtp;

@@ -290,8 +290,11 @@ pub struct RtpStats {
     pub event_packets: u64,
     /// DTMF digits reported.
     pub digits: u64,
-    /// Packets we sent.
+    /// Agent audio packets we sent (and digit events).
     pub sent: u64,
+    /// Comfort-silence packets we sent while the agent was quiet (see
+    /// [`super::comfort_silence`]); not counted in `sent`.
+    pub silence_sent: u64,
     /// Agent packets we could not send (socket error).
     pub send_errors: u64,
     /// Agent packets not sent because the peer held the call.
@@ -385,6 +388,15 @@ impl RtpReceiver {
     pub fn count_sent(&mut self, ok: bool) {
         if ok {
             self.stats.sent += 1;
+        } else {
+            self.stats.send_errors += 1;
+        }
+    }
+
+    /// One comfort-silence packet sent (`ok`) or failed.
+    pub fn count_silence_sent(&mut self, ok: bool) {
+        if ok {
+            self.stats.silence_sent += 1;
         } else {
             self.stats.send_errors += 1;
         }
@@ -578,6 +590,10 @@ pub struct RtpCall {
     pub rtcp: Option<RtcpLink>,
     /// Hold, resume and moves of the peer's address (re-INVITEs).
     pub control: Option<mpsc::UnboundedReceiver<MediaUpdate>>,
+    /// One 20 ms frame of silence in the call's codec, sent every 20 ms
+    /// while the agent is quiet (see [`super::comfort_silence`]); `None`
+    /// sends the agent's talkspurts only.
+    pub comfort_silence: Option<&'static [u8]>,
 }
 
 /// A call's RTCP as [`run_rtp`] runs it.
@@ -644,6 +660,7 @@ pub async fn run_rtp(
         mut control,
         mut call_control,
         event_payload_type,
+        comfort_silence,
     } = call;
     let mut held = false;
     let (rtcp_socket, mut rtcp_session) = match rtcp {
@@ -666,6 +683,11 @@ pub async fn run_rtp(
     );
     tokio::pin!(report_timer);
     let mut digits = DigitsOut::new(sender.clock_rate());
+    // The silence ticks; the agent counts as quiet once its packets, which
+    // come every 20 ms while it talks, have stopped for longer than that.
+    let mut quiet_ticker = tokio::time::interval(std::time::Duration::from_millis(20));
+    quiet_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_agent_packet = tokio::time::Instant::now();
     let end = loop {
         tokio::select! {
             biased;
@@ -703,10 +725,26 @@ pub async fn run_rtp(
                     digits.finished();
                 }
             }
+            _ = quiet_ticker.tick(), if comfort_silence.is_some() && !held && !digits.playout.is_active() => {
+                let quiet = last_agent_packet.elapsed() > std::time::Duration::from_millis(30);
+                if let (true, Some(silence)) = (quiet, comfort_silence) {
+                    // Silence continues the stream: no marker, except
+                    // right after digits (a new talkspurt of audio).
+                    let marker = std::mem::take(&mut digits.resume_with_marker);
+                    let now = now();
+                    if let Some(length) = sender.write(now, marker, silence, &mut outbound) {
+                        let to = receiver.peer().unwrap_or(remote);
+                        let packet = &outbound[..length];
+                        let sent = send_audio(&socket, to, rtcp_session.as_mut(), now, packet).await;
+                        receiver.count_silence_sent(sent);
+                    }
+                }
+            }
             output = outputs.recv() => match output {
                 None => break RtpEnd::WorkerGone,
                 Some(CallOutput::Packet(_)) if held => receiver.count_held(true),
                 Some(CallOutput::Packet(packet)) => {
+                    last_agent_packet = tokio::time::Instant::now();
                     // Digits are not mixed with speech: the agent's audio
                     // waits out the digits (dropped, as a paused talkspurt).
                     if digits.playout.is_active() {
@@ -721,14 +759,9 @@ pub async fn run_rtp(
                         continue;
                     };
                     let to = receiver.peer().unwrap_or(remote);
-                    let sent = socket.send_to(&outbound[..length], to).await.is_ok();
+                    let written = &outbound[..length];
+                    let sent = send_audio(&socket, to, rtcp_session.as_mut(), now, written).await;
                     receiver.count_sent(sent);
-                    if sent && let Some(session) = rtcp_session.as_mut() {
-                        let timestamp = u32::from_be_bytes([
-                            outbound[4], outbound[5], outbound[6], outbound[7],
-                        ]);
-                        session.on_rtp_sent(now, timestamp, length - RTP_HEADER_LEN);
-                    }
                     if let Some(tap) = &tap {
                         let _ = tap.try_send(packet);
                     }
@@ -844,6 +877,23 @@ pub async fn run_rtp(
         stats.rtcp = session.stats();
     }
     (end, stats)
+}
+
+/// Sends one written audio packet to `to` and tells RTCP; returns
+/// whether it left.
+async fn send_audio(
+    socket: &UdpSocket,
+    to: SocketAddr,
+    rtcp: Option<&mut RtcpSession>,
+    now: Instant,
+    packet: &[u8],
+) -> bool {
+    let sent = socket.send_to(packet, to).await.is_ok();
+    if sent && let Some(session) = rtcp {
+        let timestamp = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
+        session.on_rtp_sent(now, timestamp, packet.len() - RTP_HEADER_LEN);
+    }
+    sent
 }
 
 /// The agent's digits on one call: the RFC 4733 playout, its 20 ms pace,

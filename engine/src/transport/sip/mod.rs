@@ -945,6 +945,7 @@ impl Driver {
             control: Some(control_rx),
             call_control,
             event_payload_type: media.telephone_event,
+            comfort_silence: super::comfort_silence::silence_frame(media.codec.kind),
         };
         let stop = CancellationToken::new();
         let (reason_tx, reason_rx) = oneshot::channel();
