@@ -40,7 +40,9 @@
 //!   exit code; the engine's `SipEvent`s (rang, answered, ended by the
 //!   caller's BYE); the most calls live at once (`SipServer::load()`).
 //! * **Agent RTP at the caller**: packets received per call against the
-//!   engine's count of packets sent (`RtpStats::sent` at `SipEvent::Ended`):
+//!   engine's count of packets sent (`RtpStats::sent`, its agent's audio,
+//!   plus `silence_sent`, the comfort silence while the agent is quiet, at
+//!   `SipEvent::Ended`):
 //!   "missing" is the difference, "lost" the sequence gaps. **Pacing
 //!   jitter**: in each talkspurt (from a marker bit to the next), every
 //!   packet's arrival minus its ideal time (the first packet's arrival plus
@@ -990,14 +992,17 @@ fn run_trial(config: &TrialConfig) -> Result<TrialResult, BoxError> {
         }
         result.user_turns += report.user_turns;
         result.agent_talkspurts += report.agent_talkspurts;
-        result.agent_packets_sent += report.rtp.sent;
+        // The agent's audio and the comfort silence between: all of it
+        // is RTP the caller must receive on time.
+        let sent = report.rtp.sent + report.rtp.silence_sent;
+        result.agent_packets_sent += sent;
         result.agent_send_errors += report.rtp.send_errors;
         result.engine_audio_received += report.rtp.audio_received;
         result.engine_inbound_lost += report.rtp.rtcp.lost.max(0);
         jitter_max = jitter_max.max(report.rtp.rtcp.jitter_max);
         let heard = callers.by_port.get(&report.caller_port);
         let received = heard.map_or(0, |c| c.received);
-        result.agent_packets_missing += report.rtp.sent.saturating_sub(received);
+        result.agent_packets_missing += sent.saturating_sub(received);
         result.calls_with_agent_audio += u64::from(received > 0);
     }
     result.engine_inbound_jitter_max_ms = jitter_max.as_secs_f64() * 1e3;

@@ -688,6 +688,7 @@ pub async fn run_rtp(
     let mut quiet_ticker = tokio::time::interval(std::time::Duration::from_millis(20));
     quiet_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_agent_packet = tokio::time::Instant::now();
+    let mut silence_flowing = false;
     let end = loop {
         tokio::select! {
             biased;
@@ -728,9 +729,12 @@ pub async fn run_rtp(
             _ = quiet_ticker.tick(), if comfort_silence.is_some() && !held && !digits.playout.is_active() => {
                 let quiet = last_agent_packet.elapsed() > std::time::Duration::from_millis(30);
                 if let (true, Some(silence)) = (quiet, comfort_silence) {
-                    // Silence continues the stream: no marker, except
-                    // right after digits (a new talkspurt of audio).
-                    let marker = std::mem::take(&mut digits.resume_with_marker);
+                    // The first silence after the agent's audio (or digits)
+                    // follows a gap of a frame or two: it starts a new
+                    // talkspurt (marker: its timestamp follows the clock);
+                    // the next ones continue it.
+                    let after_digits = std::mem::take(&mut digits.resume_with_marker);
+                    let marker = !std::mem::replace(&mut silence_flowing, true) || after_digits;
                     let now = now();
                     if let Some(length) = sender.write(now, marker, silence, &mut outbound) {
                         let to = receiver.peer().unwrap_or(remote);
@@ -745,6 +749,7 @@ pub async fn run_rtp(
                 Some(CallOutput::Packet(_)) if held => receiver.count_held(true),
                 Some(CallOutput::Packet(packet)) => {
                     last_agent_packet = tokio::time::Instant::now();
+                    silence_flowing = false;
                     // Digits are not mixed with speech: the agent's audio
                     // waits out the digits (dropped, as a paused talkspurt).
                     if digits.playout.is_active() {
