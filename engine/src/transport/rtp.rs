@@ -683,11 +683,13 @@ pub async fn run_rtp(
     );
     tokio::pin!(report_timer);
     let mut digits = DigitsOut::new(sender.clock_rate());
-    // The silence ticks; the agent counts as quiet once its packets, which
-    // come every 20 ms while it talks, have stopped for longer than that.
+    // The silence ticks. The agent is quiet until its first packet, and
+    // again once the worker says its audio finished (100 ms without a
+    // frame): a worker tick that runs late must not put silence into the
+    // middle of its speech.
     let mut quiet_ticker = tokio::time::interval(std::time::Duration::from_millis(20));
     quiet_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_agent_packet = tokio::time::Instant::now();
+    let mut agent_quiet = true;
     let mut silence_flowing = false;
     let end = loop {
         tokio::select! {
@@ -726,9 +728,8 @@ pub async fn run_rtp(
                     digits.finished();
                 }
             }
-            _ = quiet_ticker.tick(), if comfort_silence.is_some() && !held && !digits.playout.is_active() => {
-                let quiet = last_agent_packet.elapsed() > std::time::Duration::from_millis(30);
-                if let (true, Some(silence)) = (quiet, comfort_silence) {
+            _ = quiet_ticker.tick(), if agent_quiet && comfort_silence.is_some() && !held && !digits.playout.is_active() => {
+                if let Some(silence) = comfort_silence {
                     // The first silence after the agent's audio (or digits)
                     // follows a gap of a frame or two: it starts a new
                     // talkspurt (marker: its timestamp follows the clock);
@@ -748,7 +749,7 @@ pub async fn run_rtp(
                 None => break RtpEnd::WorkerGone,
                 Some(CallOutput::Packet(_)) if held => receiver.count_held(true),
                 Some(CallOutput::Packet(packet)) => {
-                    last_agent_packet = tokio::time::Instant::now();
+                    agent_quiet = false;
                     silence_flowing = false;
                     // Digits are not mixed with speech: the agent's audio
                     // waits out the digits (dropped, as a paused talkspurt).
@@ -772,6 +773,7 @@ pub async fn run_rtp(
                     }
                 }
                 Some(CallOutput::Event(event)) => {
+                    agent_quiet |= matches!(event, MediaEvent::AgentAudioFinished { .. });
                     let hangup = matches!(event, MediaEvent::Hangup { .. });
                     on_event(RtpEvent::Media(event));
                     if hangup {
