@@ -687,8 +687,12 @@ pub async fn run_rtp(
     // again once the worker says its audio finished (100 ms without a
     // frame): a worker tick that runs late must not put silence into the
     // middle of its speech.
+    // Burst: a late tick is caught up, so the silence keeps the clock's
+    // pace (its timestamps step one frame a packet: a schedule that slid
+    // with every late tick would drift behind them). The schedule restarts
+    // each time the agent falls quiet.
     let mut quiet_ticker = tokio::time::interval(std::time::Duration::from_millis(20));
-    quiet_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    quiet_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut agent_quiet = true;
     let mut silence_flowing = false;
     let end = loop {
@@ -728,7 +732,14 @@ pub async fn run_rtp(
                     digits.finished();
                 }
             }
-            _ = quiet_ticker.tick(), if agent_quiet && comfort_silence.is_some() && !held && !digits.playout.is_active() => {
+            scheduled = quiet_ticker.tick(), if agent_quiet && comfort_silence.is_some() && !held && !digits.playout.is_active() => {
+                // Ticks missed while paused (held, digits) or stalled are
+                // not sent in a burst: the silence starts over on the clock.
+                if scheduled.elapsed() > std::time::Duration::from_millis(60) {
+                    quiet_ticker.reset();
+                    silence_flowing = false;
+                    continue;
+                }
                 if let Some(silence) = comfort_silence {
                     // The first silence after the agent's audio (or digits)
                     // follows a gap of a frame or two: it starts a new
@@ -773,7 +784,10 @@ pub async fn run_rtp(
                     }
                 }
                 Some(CallOutput::Event(event)) => {
-                    agent_quiet |= matches!(event, MediaEvent::AgentAudioFinished { .. });
+                    if matches!(event, MediaEvent::AgentAudioFinished { .. }) && !agent_quiet {
+                        agent_quiet = true;
+                        quiet_ticker.reset_immediately();
+                    }
                     let hangup = matches!(event, MediaEvent::Hangup { .. });
                     on_event(RtpEvent::Media(event));
                     if hangup {
