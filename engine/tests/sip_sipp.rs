@@ -671,6 +671,48 @@ async fn malformed_sip_gets_400_or_is_dropped_and_the_server_keeps_working() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_past_the_workers_capacity_get_503_not_a_call_that_fails() {
+    // The worker takes 4 calls (its VAD batch): 4 INVITEs are answered
+    // (and wait for their ACKs), the 5th is refused before any ringing.
+    let engine = start_engine(42_700..=42_720, Duration::ZERO).await;
+    assert_eq!(engine.worker.capacity(), 4);
+    // One socket per call: a call's 200 retransmissions stay on its own.
+    let mut sockets = Vec::new();
+    for _ in 0..5 {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        sockets.push(socket);
+    }
+    let offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+        m=audio 9 RTP/AVP 0\r\n";
+    let short = Duration::from_millis(300);
+    for n in 0..4 {
+        let invite = request(
+            "INVITE",
+            "1000",
+            &format!("cap{n}"),
+            Some(&format!("cap-{n}")),
+            offer,
+        );
+        assert_eq!(
+            exchange(&sockets[n], engine.sip, invite.as_bytes(), short).await,
+            vec![
+                "SIP/2.0 100 Trying",
+                "SIP/2.0 180 Ringing",
+                "SIP/2.0 200 OK"
+            ],
+            "call {n}"
+        );
+    }
+    let fifth = request("INVITE", "1000", "cap4", Some("cap-4"), offer);
+    assert_eq!(
+        exchange(&sockets[4], engine.sip, fifth.as_bytes(), short).await,
+        vec!["SIP/2.0 100 Trying", "SIP/2.0 503 Service Unavailable"]
+    );
+}
+
 /// The transfer tests' agent: transfers when the caller wants a table,
 /// says sorry if the transfer failed.
 async fn start_transferring_engine(rtp_ports: std::ops::RangeInclusive<u16>) -> Engine {

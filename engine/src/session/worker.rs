@@ -142,6 +142,11 @@ impl MediaWorker {
         self.len() == 0
     }
 
+    /// The most calls this worker takes at once (its VAD batch's streams).
+    pub fn capacity(&self) -> usize {
+        self.vad.capacity()
+    }
+
     /// Whether the worker runs the semantic end-of-turn model.
     pub fn has_end_of_turn_model(&self) -> bool {
         self.eot.is_some()

@@ -205,6 +205,8 @@ enum Command {
 
 #[derive(Debug, Default)]
 struct HostCounters {
+    /// The most calls the worker takes (set once at spawn).
+    capacity: AtomicUsize,
     live_calls: AtomicUsize,
     inbound_dropped: AtomicU64,
     outputs_dropped: AtomicU64,
@@ -286,6 +288,11 @@ impl WorkerHandle {
             .map_err(|_| HostError::WorkerGone)
     }
 
+    /// The most calls the worker takes at once: more are refused.
+    pub fn capacity(&self) -> usize {
+        self.counters.capacity.load(Ordering::Relaxed)
+    }
+
     /// Calls on the worker now.
     pub fn live_calls(&self) -> usize {
         self.counters.live_calls.load(Ordering::Relaxed)
@@ -306,7 +313,7 @@ impl WorkerHandle {
 /// on tokio time (so tests can run it on paused time). The task ends, and
 /// returns the worker, when every [`WorkerHandle`] is dropped.
 pub fn spawn_worker(worker: MediaWorker) -> (WorkerHandle, tokio::task::JoinHandle<MediaWorker>) {
-    let (handle, commands, counters) = channels();
+    let (handle, commands, counters) = channels(worker.capacity());
     let task = tokio::spawn(run_worker(worker, commands, counters));
     (handle, task)
 }
@@ -321,16 +328,17 @@ pub fn spawn_worker_thread(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()?;
-    let (handle, commands, counters) = channels();
+    let (handle, commands, counters) = channels(worker.capacity());
     let thread = std::thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || runtime.block_on(run_worker(worker, commands, counters)))?;
     Ok((handle, thread))
 }
 
-fn channels() -> (WorkerHandle, mpsc::Receiver<Command>, Arc<HostCounters>) {
+fn channels(capacity: usize) -> (WorkerHandle, mpsc::Receiver<Command>, Arc<HostCounters>) {
     let (commands, receiver) = mpsc::channel(COMMAND_CAPACITY);
     let counters = Arc::new(HostCounters::default());
+    counters.capacity.store(capacity, Ordering::Relaxed);
     (
         WorkerHandle {
             commands,

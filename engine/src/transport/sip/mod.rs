@@ -809,8 +809,20 @@ impl Driver {
         }
     }
 
+    /// Whether the worker has room for one more call beside those live
+    /// and being set up (past it a call would be answered, then fail).
+    fn has_room(&self) -> bool {
+        let taken = self.running.len() + self.pending.len() + self.pending_out.len();
+        taken < self.worker.capacity()
+    }
+
     fn on_incoming(&mut self, incoming: IncomingCall) {
         let now = self.now();
+        if !self.has_room() {
+            // 503: the carrier may try another node (RFC 3261 21.5.4).
+            let _ = self.uas.reject(now, incoming.call, 503);
+            return;
+        }
         let (socket, rtcp_socket) = match self.ports.bind_pair() {
             Ok(sockets) => sockets,
             Err(_) => {
@@ -1163,6 +1175,11 @@ impl Driver {
         setup: Box<SipCallSetup>,
         reply: oneshot::Sender<Result<(SipCallId, String), DialError>>,
     ) {
+        if !self.has_room() {
+            discard_setup(*setup);
+            let _ = reply.send(Err(DialError::AtCapacity(self.worker.capacity())));
+            return;
+        }
         let bound = self.ports.bind_pair().and_then(|sockets| {
             let port = sockets.0.local_addr()?.port();
             Ok((sockets, port))

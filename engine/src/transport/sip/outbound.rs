@@ -87,6 +87,9 @@ pub enum DialError {
     /// The SIP server is not running.
     #[error("the SIP server has stopped")]
     ServerStopped,
+    /// The media worker has as many calls as it takes.
+    #[error("the engine is at capacity ({0} calls)")]
+    AtCapacity(usize),
     /// The TCP connection to the trunk failed.
     #[error("cannot connect to the trunk at {target} over TCP: {source}")]
     Connect {
