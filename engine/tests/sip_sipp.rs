@@ -688,7 +688,7 @@ async fn invites_past_the_workers_capacity_get_503_not_a_call_that_fails() {
     let offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
         m=audio 9 RTP/AVP 0\r\n";
     let short = Duration::from_millis(300);
-    for n in 0..4 {
+    for (n, socket) in sockets.iter().take(4).enumerate() {
         let invite = request(
             "INVITE",
             "1000",
@@ -697,7 +697,7 @@ async fn invites_past_the_workers_capacity_get_503_not_a_call_that_fails() {
             offer,
         );
         assert_eq!(
-            exchange(&sockets[n], engine.sip, invite.as_bytes(), short).await,
+            exchange(socket, engine.sip, invite.as_bytes(), short).await,
             vec![
                 "SIP/2.0 100 Trying",
                 "SIP/2.0 180 Ringing",
