@@ -1129,7 +1129,9 @@ async fn start_server(rtp_ports: std::ops::RangeInclusive<u16>, answer_after: Du
         file: ModelFile::SileroVad,
         tried: std::path::PathBuf::from("(not loaded on purpose)"),
     };
-    let vad = VadBatch::from_load_result(Err(missing), 4);
+    // Room for the whole flood: past the worker's capacity INVITEs get 503
+    // (sip_sipp tests that), and the flood is about state, not capacity.
+    let vad = VadBatch::from_load_result(Err(missing), 2 * FLOOD_CALLS);
     let (worker, _task) = spawn_worker(MediaWorker::new(vad, None));
     let mut config = SipConfig::new("127.0.0.1:0".parse().expect("addr"));
     config.rtp_ports = rtp_ports;
