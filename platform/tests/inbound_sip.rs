@@ -23,11 +23,14 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use callingbox_engine::providers::scripted::{ScriptMatch, ScriptRule};
 use callingbox_engine::providers::{LlmEvent, LlmProvider, LlmRequest, ProviderError};
 use common::database_urls;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use node_support::{AGENT_ANSWERS, CALLER_SAYS, scripted_stack, start, start_with};
+use node_support::{
+    AGENT_ANSWERS, CALLER_SAYS, scripted_stack, scripted_stack_with_rules, start, start_with,
+};
 use serde_json::{Value, json};
 use webhooks_support::Receiver;
 
@@ -420,6 +423,69 @@ async fn a_model_that_is_down_hangs_up_the_call_and_records_a_provider_error() {
             .await;
         let last = hits.last().map(|h| h.json()["type"].clone());
         assert_eq!(last, Some(json!("call.failed")), "{backend}");
+        t.node.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_transfers_an_inbound_call_and_the_call_ends_transferred() {
+    if !sipp_installed() {
+        skip("the_agent_transfers_an_inbound_call_and_the_call_ends_transferred");
+        return;
+    }
+    for (backend, url) in database_urls().await {
+        // The caller asks for a table; the agent's model transfers the call.
+        let rules = vec![
+            ScriptRule::when(ScriptMatch::UserContains("table".into()))
+                .call("transfer_call", json!({})),
+            ScriptRule::when(ScriptMatch::Always).reply("Okay."),
+        ];
+        let (stack, extractor) =
+            scripted_stack_with_rules(CALLER_SAYS, rules, json!({"party_size": 4}));
+        let t = start_with(&url, (43_400, 43_499), stack, extractor).await;
+        let numbers = t.buy_numbers(1).await;
+        let (number_id, number) = &numbers[0];
+        let (status, agent) = t
+            .call(
+                "POST",
+                "/v1/agents",
+                Some(json!({
+                    "name": "switchboard", "type": "inbound",
+                    "instructions": "Put callers through to the restaurant.",
+                    "tools": [{"type": "builtin", "name": "transfer_call",
+                               "config": {"to": "+14155550100"}}],
+                    "number_ids": [number_id],
+                })),
+            )
+            .await;
+        assert_eq!(status, 201, "{agent}");
+
+        // SIPp checks the REFER's Refer-To, accepts it, reports the
+        // target's 200 in a NOTIFY and expects our BYE.
+        let run = run_sipp(t.node.sip, "uac_transferred.xml", number).await;
+        assert_eq!(
+            run.output.status.code(),
+            Some(0),
+            "{backend}: {}",
+            describe(&run.output)
+        );
+        let mut call = Value::Null;
+        for _ in 0..200 {
+            if let Some(found) = t.inbound_calls().await.first()
+                && found["status"] == "completed"
+            {
+                call = found.clone();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(call["status"], "completed", "{backend}: {call}");
+        assert_eq!(call["hangup_cause"], "transferred", "{backend}: {call}");
+        assert_eq!(call["agent_id"], agent["id"], "{call}");
+        assert!(
+            call["billed_duration_seconds"].as_i64() > Some(0),
+            "{backend}: the connected time until the transfer is billed: {call}"
+        );
         t.node.shutdown(Duration::from_secs(5)).await;
     }
 }

@@ -41,11 +41,21 @@ pub fn scripted_stack_with(
     answers: &str,
     extracted: Value,
 ) -> (SpeechStack, Arc<dyn Extractor>) {
+    let rules = vec![
+        ScriptRule::when(ScriptMatch::Turn(0)).reply(answers),
+        ScriptRule::when(ScriptMatch::Always).reply("Okay."),
+    ];
+    scripted_stack_with_rules(hears, rules, extracted)
+}
+
+/// As [`scripted_stack_with`], the LLM following `rules` (tool calls too).
+pub fn scripted_stack_with_rules(
+    hears: &str,
+    rules: Vec<ScriptRule>,
+    extracted: Value,
+) -> (SpeechStack, Arc<dyn Extractor>) {
     let llm = ScriptedLlm::new(
-        vec![
-            ScriptRule::when(ScriptMatch::Turn(0)).reply(answers),
-            ScriptRule::when(ScriptMatch::Always).reply("Okay."),
-        ],
+        rules,
         LlmLatency {
             time_to_first_token: Duration::from_millis(200),
             tokens_per_second: 50,
