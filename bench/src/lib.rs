@@ -4,6 +4,7 @@ pub mod fixtures;
 pub mod paced_llm;
 pub mod procfs;
 pub mod stats;
+pub mod trial;
 
 use callingbox_codecs::{MediaTime, PcmFrame, SampleRate};
 

@@ -13,7 +13,6 @@
 //! figure means; `--help` for the flags.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,7 +91,7 @@ const AFTER_INTERRUPTION_REPLY: &str = "Sorry. Go ahead.";
 /// Turns in each caller's script (more than a minute's worth).
 const SCRIPT_ITEMS: usize = 48;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use callingbox_bench::trial::BoxError;
 
 // ------------------------------------------------------------------ config
 
@@ -1290,23 +1289,7 @@ fn run_child(config: &TrialConfig) -> Result<TrialResult, BoxError> {
         if config.eot { "Smart Turn" } else { "VAD-only" },
         config.duration_s
     );
-    let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
-        .arg("--child")
-        .arg(serde_json::to_string(config)?)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let stdout = child.stdout.take().ok_or("no child stdout")?;
-    let mut result = None;
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
-        if let Some(json) = line.strip_prefix("RESULT ") {
-            result = Some(serde_json::from_str::<TrialResult>(json)?);
-        }
-    }
-    let status = child.wait()?;
-    let result = result.ok_or_else(|| format!("the trial printed no result ({status})"))?;
+    let result: TrialResult = callingbox_bench::trial::run_in_child(config)?;
     eprintln!(
         "   turns {} answered {}, v2v p50 {:.0} ms, overhead p99 {:.1} ms, late ticks {}, tick work p99 {:.1} ms, jitter p99 {:.2} ms, holds: {}",
         result.user_turns,
@@ -1642,26 +1625,7 @@ fn print_tables(
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--child") {
-        let result = args
-            .get(1)
-            .ok_or_else(|| BoxError::from("--child needs a config"))
-            .and_then(|json| Ok(serde_json::from_str::<TrialConfig>(json)?))
-            .and_then(|config| run_trial(&config))
-            .and_then(|result| Ok(serde_json::to_string(&result)?));
-        // Either way the process ends here, without tearing down a thousand
-        // calls and the worker threads still running.
-        match result {
-            Ok(json) => {
-                println!("RESULT {json}");
-                std::process::exit(0)
-            }
-            Err(err) => {
-                eprintln!("trial failed: {err}");
-                std::process::exit(1)
-            }
-        }
-    }
+    callingbox_bench::trial::run_if_child(&args, run_trial);
     match run(&args) {
         Ok(code) => code,
         Err(err) => {

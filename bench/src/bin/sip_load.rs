@@ -79,7 +79,6 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, ExitCode, Stdio};
 use std::rc::Rc;
@@ -170,7 +169,7 @@ const SHORT_REPLIES: [&str; 4] = [
 const SCRIPT_ITEMS: usize = 40;
 const SILENT_PAYLOAD: [u8; 160] = [0xFF; 160];
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use callingbox_bench::trial::BoxError;
 
 // ------------------------------------------------------------------ config
 
@@ -1133,23 +1132,7 @@ fn run_child(config: &TrialConfig) -> Result<TrialResult, BoxError> {
         config.rate,
         config.hold().as_secs_f64()
     );
-    let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
-        .arg("--child")
-        .arg(serde_json::to_string(config)?)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let stdout = child.stdout.take().ok_or("no child stdout")?;
-    let mut result = None;
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
-        if let Some(json) = line.strip_prefix("RESULT ") {
-            result = Some(serde_json::from_str::<TrialResult>(json)?);
-        }
-    }
-    let status = child.wait()?;
-    let result = result.ok_or_else(|| format!("the trial printed no result ({status})"))?;
+    let result: TrialResult = callingbox_bench::trial::run_in_child(config)?;
     eprintln!(
         "   answered {} completed {}, agent packets {} (lost {}, missing {}, late {}), jitter p99 {:.2} ms, cpu {:.0} %, holds: {}",
         result.answered,
@@ -1367,26 +1350,7 @@ fn write_results(
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--child") {
-        let result = args
-            .get(1)
-            .ok_or_else(|| BoxError::from("--child needs a config"))
-            .and_then(|json| Ok(serde_json::from_str::<TrialConfig>(json)?))
-            .and_then(|config| run_trial(&config))
-            .and_then(|result| Ok(serde_json::to_string(&result)?));
-        // Either way the process ends here, without tearing down the calls'
-        // tasks and the worker thread.
-        match result {
-            Ok(json) => {
-                println!("RESULT {json}");
-                std::process::exit(0)
-            }
-            Err(err) => {
-                eprintln!("trial failed: {err}");
-                std::process::exit(1)
-            }
-        }
-    }
+    callingbox_bench::trial::run_if_child(&args, run_trial);
     match run(&args) {
         Ok(code) => code,
         Err(err) => {
