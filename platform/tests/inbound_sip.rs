@@ -31,7 +31,7 @@ use futures::stream::BoxStream;
 use node_support::{
     AGENT_ANSWERS, CALLER_SAYS, scripted_stack, scripted_stack_with_rules, start, start_with,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use webhooks_support::Receiver;
 
 const CALLER_ID: &str = "+12125550147";
@@ -194,16 +194,9 @@ async fn sipp_calls_a_number_and_its_inbound_agent_answers_records_and_bills_the
         );
 
         // The call ends at the BYE; extraction follows.
-        let mut call = Value::Null;
-        for _ in 0..200 {
-            if let Some(found) = t.inbound_calls().await.first()
-                && found["result_status"] != "pending"
-            {
-                call = found.clone();
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let call = t
+            .newest_inbound_call_when(|call| call["result_status"] != "pending")
+            .await;
         assert!(call.is_object(), "{backend}: no finished inbound call");
         assert_eq!(t.inbound_calls().await.len(), 1, "{backend}");
         assert_eq!(call["direction"], "inbound", "{backend}: {call}");
@@ -397,16 +390,9 @@ async fn a_model_that_is_down_hangs_up_the_call_and_records_a_provider_error() {
             "{backend}: the node did not hang up: {}",
             describe(&run.output)
         );
-        let mut call = Value::Null;
-        for _ in 0..200 {
-            if let Some(found) = t.inbound_calls().await.first()
-                && found["status"] == "failed"
-            {
-                call = found.clone();
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let call = t
+            .newest_inbound_call_when(|call| call["status"] == "failed")
+            .await;
         assert!(call.is_object(), "{backend}: {:?}", t.inbound_calls().await);
         assert_eq!(call["error_code"], "provider_error", "{call}");
         let message = call["error_message"].as_str().unwrap_or_default();
@@ -469,16 +455,9 @@ async fn the_agent_transfers_an_inbound_call_and_the_call_ends_transferred() {
             "{backend}: {}",
             describe(&run.output)
         );
-        let mut call = Value::Null;
-        for _ in 0..200 {
-            if let Some(found) = t.inbound_calls().await.first()
-                && found["status"] == "completed"
-            {
-                call = found.clone();
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let call = t
+            .newest_inbound_call_when(|call| call["status"] == "completed")
+            .await;
         assert_eq!(call["status"], "completed", "{backend}: {call}");
         assert_eq!(call["hangup_cause"], "transferred", "{backend}: {call}");
         assert_eq!(call["agent_id"], agent["id"], "{call}");

@@ -207,6 +207,20 @@ impl TestNode {
         }
     }
 
+    /// Polls the inbound calls until the newest one satisfies `done`
+    /// (10 s at most); returns it, or `Value::Null` if none did.
+    pub async fn newest_inbound_call_when(&self, done: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..200 {
+            if let Some(found) = self.inbound_calls().await.first()
+                && done(found)
+            {
+                return found.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Value::Null
+    }
+
     pub async fn inbound_calls(&self) -> Vec<Value> {
         let (status, list) = self.call("GET", "/v1/calls?direction=inbound", None).await;
         assert_eq!(status, 200, "{list}");
