@@ -35,7 +35,10 @@
 //! or muxed when offered; loss, jitter and RTT end in the call's
 //! [`RtpStats`]); re-INVITEs hold, resume and move the media
 //! ([`reinvite`]); session timers are negotiated, refreshed and enforced
-//! ([`session_timer`]). Beside the calls: a TCP listener on the SIP port
+//! ([`session_timer`]); the agent's `transfer_call` sends REFER and
+//! follows its NOTIFYs ([`refer`]); while the agent is quiet the call
+//! sends comfort silence ([`super::comfort_silence`]). An INVITE past the
+//! media worker's capacity gets 503. Beside the calls: a TCP listener on the SIP port
 //! ([`tcp`]) and, if configured, the registration at a trunk's registrar
 //! ([`register`], un-registered by [`SipServer::run_until`]'s stop).
 
