@@ -72,7 +72,9 @@
 //! A trial **holds** when every call was answered and completed (SIPp: all
 //! successful), all N were live at once, every call heard its agent, no
 //! agent packet was lost, missing or late, the pacing jitter p99 is at
-//! most 5 ms, and the engine lost or dropped none of the callers' packets.
+//! most 5 ms, and the engine lost or dropped none of the callers' packets
+//! (a debug build, as `./dev test`'s smoke: p99 at most 10 ms and up to
+//! 0.5 % of the packets late, see [`late_packets_allowed`]).
 //! The step search (as `engine_bench`'s) grows the calls by half while a
 //! trial holds and bisects between the most that held and the fewest that
 //! failed. See `bench/README.md`, "SIP load".
@@ -127,6 +129,18 @@ fn jitter_target_ms() -> f64 {
     }
 }
 const JITTER_TARGET_DEBUG_MS: f64 = 10.0;
+/// Late agent packets a trial may have: none in a release build. An
+/// unoptimized build on a shared CI machine sees a single stall of the
+/// process now and then (once in ~8 smoke runs here: 40 ms, one packet of
+/// each call late), so there up to 0.5 % of the packets may be late: a
+/// stall, not a pacing that slips.
+fn late_packets_allowed(received: u64) -> u64 {
+    if cfg!(debug_assertions) {
+        received / 200
+    } else {
+        0
+    }
+}
 /// The engine's RTP ports: one even port (and RTCP's odd one) per call,
 /// below Linux's ephemeral range so our callers' sockets never take them.
 const RTP_PORTS: std::ops::RangeInclusive<u16> = 20_000..=27_999;
@@ -1076,10 +1090,11 @@ fn run_trial(config: &TrialConfig) -> Result<TrialResult, BoxError> {
             result.agent_packets_lost, result.agent_packets_missing, result.agent_send_errors
         ),
     );
+    let late_allowed = late_packets_allowed(result.agent_packets_received);
     check(
-        result.agent_packets_late == 0,
+        result.agent_packets_late <= late_allowed,
         format!(
-            "{} agent packets arrived more than 20 ms late",
+            "{} agent packets arrived more than 20 ms late (at most {late_allowed})",
             result.agent_packets_late
         ),
     );
