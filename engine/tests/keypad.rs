@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use callingbox_engine::codecs::SampleRate;
-use callingbox_engine::conversation::call_control::CallControl;
+use callingbox_engine::conversation::call_control::{CallControl, DigitsRequest};
 use callingbox_engine::conversation::{AgentConfig, AgentLoop, Providers, UserTurn};
 use callingbox_engine::events::{CallEvent, Role, SegmentSource, ToolOutcome};
 use callingbox_engine::providers::ChatMessage;
@@ -170,11 +170,11 @@ async fn send_dtmf_asks_the_transport_and_returns_its_answer() {
         .await
         .expect("a request in time")
         .expect("a request");
-    let CallControl::SendDigits {
+    let CallControl::SendDigits(DigitsRequest {
         ref digits,
         ref text,
         ..
-    } = request
+    }) = request
     else {
         panic!("not digits: {request:?}");
     };

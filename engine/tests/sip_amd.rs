@@ -20,7 +20,9 @@ use std::time::Duration;
 use callingbox_engine::amd::{AnsweredBy, AnsweringMachineConfig, MachineAction, MessageCue};
 use callingbox_engine::codecs::{G711Law, read_wav};
 use callingbox_engine::session::{MediaEvent, MediaWorker};
+use callingbox_engine::transport::comfort_silence::silence_frame;
 use callingbox_engine::transport::rtp::parse_rtp;
+use callingbox_engine::transport::sip::sdp::CodecKind;
 use callingbox_engine::transport::sip::{
     IncomingCall, OutboundCall, Route, SipCallRefused, SipCallSetup, SipConfig, SipDialer, SipEnd,
     SipEvent, SipServer, SipTrunk,
@@ -190,7 +192,7 @@ impl Media {
     }
 
     /// The packets that are not the comfort silence sent while the agent
-    /// is quiet (its audio; mu-law 0xFF is silence).
+    /// is quiet: its audio.
     fn audio_packets(&self) -> usize {
         self.received
             .lock()
@@ -198,7 +200,7 @@ impl Media {
             .iter()
             .filter(|(_, datagram)| {
                 parse_rtp(datagram)
-                    .is_ok_and(|packet| packet.payload.iter().any(|&code| code != 0xFF))
+                    .is_ok_and(|packet| Some(packet.payload) != silence_frame(CodecKind::Pcmu))
             })
             .count()
     }

@@ -10,32 +10,29 @@
 //! keeps its own jitter buffer and decodes with its own codecs, which is
 //! what SIPp does not: SIPp replays packets, baresip is a phone.
 //!
-//! baresip's recording holds only the packets it got, and the engine sends
-//! RTP only while the agent talks (talkspurts, RFC 3550 5.1): so the
-//! recording is the agent's reply alone, which the test checks against
-//! what the engine says it sent and when.
+//! baresip's recording holds the packets it got: the agent's reply, and the
+//! comfort silence the engine sends while the agent is quiet. The test
+//! checks the reply against what the engine says it sent, and that nothing
+//! else (no echo, no noise) is in it.
 //!
 //! This runs on wall-clock time: baresip is a real process. It prints a
 //! SKIPPED line when baresip is not installed (`./dev setup` installs it).
 
 mod common;
 
-use common::scripted_call::{pcmu_media, scripted_conversation};
+use common::scripted_call::scripted_conversation;
+use common::sip_engine::{Engine, start_engine_with};
+use common::sipp::{fixtures, free_port};
 
-use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use callingbox_engine::codecs::{SampleRate, WavEncoding, read_wav, write_wav};
 use callingbox_engine::events::{CallEvent, Role, SegmentSource};
-use callingbox_engine::session::{MediaEvent, MediaWorker};
+use callingbox_engine::session::MediaEvent;
 use callingbox_engine::transport::sip::sdp::CodecKind;
-use callingbox_engine::transport::sip::{
-    IncomingCall, SipCallRefused, SipCallSetup, SipConfig, SipEnd, SipEvent, SipServer,
-};
-use callingbox_engine::transport::{WorkerHandle, spawn_worker};
-use callingbox_engine::vad::VadBatch;
+use callingbox_engine::transport::sip::{SipEnd, SipEvent};
 use tokio::sync::mpsc;
 
 const BOOK_TABLE: &str =
@@ -63,64 +60,11 @@ fn skip(test: &str) {
     println!("SKIPPED {test}: baresip is not installed (apt-get install baresip-core)");
 }
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("fixtures")
-        .join("audio")
-        .join(name)
-}
-
-/// A UDP port free right now on 127.0.0.1.
-fn free_port() -> u16 {
-    let socket = StdUdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("addr").port()
-}
-
-struct Engine {
-    sip: SocketAddr,
-    worker: WorkerHandle,
-    events: mpsc::UnboundedReceiver<SipEvent>,
-    /// Each call's agent event stream.
-    agents: mpsc::UnboundedReceiver<mpsc::UnboundedReceiver<CallEvent>>,
-}
-
 async fn start_engine(rtp_ports: std::ops::RangeInclusive<u16>) -> Engine {
-    let (events_tx, events) = mpsc::unbounded_channel();
-    let (agents_tx, agents) = mpsc::unbounded_channel();
-    let factory = move |_call: &IncomingCall| {
-        let conversation =
-            scripted_conversation(&[BOOK_TABLE], &[REPLY]).map_err(|error| SipCallRefused {
-                status: 503,
-                reason: error.to_string(),
-            })?;
-        let _ = agents_tx.send(conversation.events);
-        Ok(SipCallSetup {
-            // The server sets the codecs to the negotiated one.
-            media: pcmu_media(),
-            link: Some(conversation.link),
-            epoch: conversation.epoch,
-            events: Some(events_tx.clone()),
-            cancel: conversation.cancel,
-            tap: None,
-        })
-    };
-    let (worker, _task) = spawn_worker(MediaWorker::new(VadBatch::load_or_fallback(4), None));
-    let mut config = SipConfig::new("127.0.0.1:0".parse().expect("addr"));
-    config.rtp_ports = rtp_ports;
-    config.numbers = vec!["1000".into()];
-    config.answer_after = Duration::ZERO;
-    let server = SipServer::bind(config, worker.clone(), factory)
-        .await
-        .expect("bind SIP");
-    let sip = server.local_addr();
-    tokio::spawn(server.run());
-    Engine {
-        sip,
-        worker,
-        events,
-        agents,
-    }
+    start_engine_with(rtp_ports, Duration::ZERO, || {
+        scripted_conversation(&[BOOK_TABLE], &[REPLY])
+    })
+    .await
 }
 
 /// A temporary directory (baresip's configuration, the microphone file,
@@ -322,7 +266,7 @@ async fn baresip_calls_speaks_a_fixture_and_records_the_agent() {
     // The microphone: the caller's sentence, then silence while the agent
     // answers. aufile reports the end of its file as an audio error, on
     // which baresip hangs up: the file's length is the call's.
-    let clip = read_wav(fixture("statement_book_table.16k.wav")).expect("fixture");
+    let clip = read_wav(fixtures("audio").join("statement_book_table.16k.wav")).expect("fixture");
     assert_eq!(clip.rate, SampleRate::Hz16000);
     let mut mic_samples = clip.samples.clone();
     let tail = SampleRate::Hz16000.hz() as usize * MIC_TAIL.as_secs() as usize;
@@ -408,7 +352,7 @@ async fn baresip_calls_speaks_a_fixture_and_records_the_agent() {
     assert_eq!(engine.worker.live_calls(), 0);
 
     // The agent's transcript: the caller heard, the reply spoken.
-    let mut call_events = engine.agents.recv().await.expect("the call's agent");
+    let (mut call_events, _) = engine.agents.recv().await.expect("the call's agent");
     let mut segments = Vec::new();
     while let Ok(event) = call_events.try_recv() {
         if let CallEvent::TranscriptSegment {

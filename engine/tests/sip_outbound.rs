@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use callingbox_engine::codecs::{G711Law, G722Decoder, G722Encoder, read_wav};
 use callingbox_engine::session::{MediaEvent, MediaWorker};
+use callingbox_engine::transport::comfort_silence::silence_frame;
 use callingbox_engine::transport::rtp::parse_rtp;
 use callingbox_engine::transport::sip::sdp::{CodecKind, Offer};
 use callingbox_engine::transport::sip::{
@@ -325,17 +326,18 @@ fn check_agent_audio(
     law: G711Law,
     answered_at: Instant,
 ) -> (usize, usize, usize) {
-    let (pt, silence_code) = match law {
-        G711Law::MuLaw => (0, 0xFF),
-        G711Law::ALaw => (8, 0xD5),
+    let (pt, codec) = match law {
+        G711Law::MuLaw => (0, CodecKind::Pcmu),
+        G711Law::ALaw => (8, CodecKind::Pcma),
     };
+    let silence_frame = silence_frame(codec);
     let (mut audio, mut loud, mut silence) = (0, 0, 0);
     for (at, datagram) in received {
         assert!(*at >= answered_at, "agent audio arrived before the 200 OK");
         let packet = parse_rtp(datagram).expect("the engine sends valid RTP");
         assert_eq!(packet.payload_type, pt, "the answer's codec");
         assert_eq!(packet.payload.len(), 160);
-        if packet.payload.iter().all(|&code| code == silence_code) {
+        if Some(packet.payload) == silence_frame {
             silence += 1;
             continue;
         }

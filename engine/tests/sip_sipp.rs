@@ -9,11 +9,11 @@
 
 mod common;
 
-use common::scripted_call::{
-    ScriptedConversation, pcmu_media, scripted_conversation, scripted_conversation_with,
-};
+use common::scripted_call::{scripted_conversation, scripted_conversation_with};
+use common::sip_engine::{Engine, start_engine_with};
+use common::sipp::{describe, fixtures, free_port};
 
-use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -21,16 +21,12 @@ use callingbox_engine::audio::dtmf::synthesize_key;
 use callingbox_engine::codecs::{G711Law, SampleRate, WavEncoding, write_wav};
 use callingbox_engine::events::ToolOutcome;
 use callingbox_engine::events::{CallEvent, Role, SegmentSource};
-use callingbox_engine::providers::scripted::{ScriptMatch, ScriptRule, ScriptedLlm};
-use callingbox_engine::providers::{ChatMessage, ProviderError};
-use callingbox_engine::session::{MediaEvent, MediaWorker};
+use callingbox_engine::providers::ChatMessage;
+use callingbox_engine::providers::scripted::{ScriptMatch, ScriptRule};
+use callingbox_engine::session::MediaEvent;
 use callingbox_engine::tools::ToolSet;
 use callingbox_engine::transport::sip::sdp::CodecKind;
-use callingbox_engine::transport::sip::{
-    IncomingCall, SipCallRefused, SipCallSetup, SipConfig, SipEnd, SipEvent, SipServer,
-};
-use callingbox_engine::transport::{WirePacket, WorkerHandle, spawn_worker};
-use callingbox_engine::vad::VadBatch;
+use callingbox_engine::transport::sip::{SipEnd, SipEvent};
 use tokio::sync::mpsc;
 
 const BOOK_TABLE: &str =
@@ -46,76 +42,11 @@ fn skip(test: &str) {
     println!("SKIPPED {test}: `sipp` is not installed (apt-get install sip-tester)");
 }
 
-fn fixtures(dir: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("fixtures")
-        .join(dir)
-}
-
-/// A UDP port free right now on 127.0.0.1.
-fn free_port() -> u16 {
-    let socket = StdUdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("addr").port()
-}
-
-struct Engine {
-    sip: SocketAddr,
-    worker: WorkerHandle,
-    events: mpsc::UnboundedReceiver<SipEvent>,
-    tapped: mpsc::Receiver<WirePacket>,
-    /// Each call's agent: its event stream and its model's log.
-    agents: mpsc::UnboundedReceiver<(mpsc::UnboundedReceiver<CallEvent>, ScriptedLlm)>,
-}
-
 async fn start_engine(rtp_ports: std::ops::RangeInclusive<u16>, answer_after: Duration) -> Engine {
     start_engine_with(rtp_ports, answer_after, || {
         scripted_conversation(&[BOOK_TABLE], &[REPLY])
     })
     .await
-}
-
-/// As [`start_engine`], each call's conversation from `conversation`.
-async fn start_engine_with(
-    rtp_ports: std::ops::RangeInclusive<u16>,
-    answer_after: Duration,
-    conversation: impl Fn() -> Result<ScriptedConversation, ProviderError> + Send + Sync + 'static,
-) -> Engine {
-    let (events_tx, events) = mpsc::unbounded_channel();
-    let (tap_tx, tapped) = mpsc::channel(4_096);
-    let (agents_tx, agents) = mpsc::unbounded_channel();
-    let factory = move |_call: &IncomingCall| {
-        let conversation = conversation().map_err(|error| SipCallRefused {
-            status: 503,
-            reason: error.to_string(),
-        })?;
-        let _ = agents_tx.send((conversation.events, conversation.llm));
-        Ok(SipCallSetup {
-            media: pcmu_media(),
-            link: Some(conversation.link),
-            epoch: conversation.epoch,
-            events: Some(events_tx.clone()),
-            cancel: conversation.cancel,
-            tap: Some(tap_tx.clone()),
-        })
-    };
-    let (worker, _task) = spawn_worker(MediaWorker::new(VadBatch::load_or_fallback(4), None));
-    let mut config = SipConfig::new("127.0.0.1:0".parse().expect("addr"));
-    config.rtp_ports = rtp_ports;
-    config.numbers = vec!["1000".into()];
-    config.answer_after = answer_after;
-    let server = SipServer::bind(config, worker.clone(), factory)
-        .await
-        .expect("bind SIP");
-    let sip = server.local_addr();
-    tokio::spawn(server.run());
-    Engine {
-        sip,
-        worker,
-        events,
-        tapped,
-        agents,
-    }
 }
 
 /// Runs SIPp as a UAC with `scenario` against the engine; returns its output.
@@ -143,20 +74,6 @@ async fn run_sipp_in(engine: &Engine, scenario: &str, media_dir: std::path::Path
     })
     .await
     .expect("sipp thread")
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .rev()
-            .take(30)
-            .collect::<Vec<_>>()
-            .join("\n"),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// The events until the call ended (or `wait` passed).

@@ -167,25 +167,17 @@ async fn sipp_calls_a_number_and_its_inbound_agent_answers_records_and_bills_the
     for (backend, url) in database_urls().await {
         let t = start(&url, (43_000, 43_099)).await;
         let receiver = Receiver::start().await;
-        let numbers = t.buy_numbers(1).await;
-        let (number_id, number) = &numbers[0];
-        let (status, agent) = t
-            .call(
-                "POST",
-                "/v1/agents",
-                Some(json!({
-                    "name": "front desk", "type": "inbound",
-                    "instructions": "Take table bookings.",
-                    "returns": {"party_size": "integer"},
-                    "webhook_url": receiver.url("/hooks"),
-                    "number_ids": [number_id],
-                })),
-            )
+        let (agent, number) = t
+            .agent_on_a_new_number(json!({
+                "name": "front desk", "type": "inbound",
+                "instructions": "Take table bookings.",
+                "returns": {"party_size": "integer"},
+                "webhook_url": receiver.url("/hooks"),
+            }))
             .await;
-        assert_eq!(status, 201, "{agent}");
         let (balance_before, _) = t.balance().await;
 
-        let run = run_sipp(t.node.sip, "uac_caller.xml", number).await;
+        let run = run_sipp(t.node.sip, "uac_caller.xml", &number).await;
         assert_eq!(
             run.output.status.code(),
             Some(0),
@@ -365,25 +357,17 @@ async fn a_model_that_is_down_hangs_up_the_call_and_records_a_provider_error() {
         stack.llm = Arc::new(ModelDown);
         let t = start_with(&url, (43_200, 43_299), stack, extractor).await;
         let receiver = Receiver::start().await;
-        let numbers = t.buy_numbers(1).await;
-        let (number_id, number) = &numbers[0];
-        let (status, agent) = t
-            .call(
-                "POST",
-                "/v1/agents",
-                Some(json!({
-                    "name": "front desk", "type": "inbound",
-                    "instructions": "Take table bookings.",
-                    "webhook_url": receiver.url("/hooks"),
-                    "number_ids": [number_id],
-                })),
-            )
+        let (_, number) = t
+            .agent_on_a_new_number(json!({
+                "name": "front desk", "type": "inbound",
+                "instructions": "Take table bookings.",
+                "webhook_url": receiver.url("/hooks"),
+            }))
             .await;
-        assert_eq!(status, 201, "{agent}");
 
         // The caller speaks; the model fails on its turn; the node must
         // hang up (the scenario fails unless a BYE comes within 20 s).
-        let run = run_sipp(t.node.sip, "uac_caller_hung_up_on.xml", number).await;
+        let run = run_sipp(t.node.sip, "uac_caller_hung_up_on.xml", &number).await;
         assert_eq!(
             run.output.status.code(),
             Some(0),
@@ -429,26 +413,18 @@ async fn the_agent_transfers_an_inbound_call_and_the_call_ends_transferred() {
         let (stack, extractor) =
             scripted_stack_with_rules(CALLER_SAYS, rules, json!({"party_size": 4}));
         let t = start_with(&url, (43_400, 43_499), stack, extractor).await;
-        let numbers = t.buy_numbers(1).await;
-        let (number_id, number) = &numbers[0];
-        let (status, agent) = t
-            .call(
-                "POST",
-                "/v1/agents",
-                Some(json!({
-                    "name": "switchboard", "type": "inbound",
-                    "instructions": "Put callers through to the restaurant.",
-                    "tools": [{"type": "builtin", "name": "transfer_call",
-                               "config": {"to": "+14155550100"}}],
-                    "number_ids": [number_id],
-                })),
-            )
+        let (agent, number) = t
+            .agent_on_a_new_number(json!({
+                "name": "switchboard", "type": "inbound",
+                "instructions": "Put callers through to the restaurant.",
+                "tools": [{"type": "builtin", "name": "transfer_call",
+                           "config": {"to": "+14155550100"}}],
+            }))
             .await;
-        assert_eq!(status, 201, "{agent}");
 
         // SIPp checks the REFER's Refer-To, accepts it, reports the
         // target's 200 in a NOTIFY and expects our BYE.
-        let run = run_sipp(t.node.sip, "uac_transferred.xml", number).await;
+        let run = run_sipp(t.node.sip, "uac_transferred.xml", &number).await;
         assert_eq!(
             run.output.status.code(),
             Some(0),

@@ -25,7 +25,7 @@ use callingbox_bench::procfs::{
     ThreadSchedstat, cpu_seconds_by_thread_name, load_average, rss_bytes, thread_ids_named,
 };
 use callingbox_bench::stats::{Histogram, Samples, Summary};
-use callingbox_engine::audio::{InboundCodec, OutboundConfig, OutboundPacket};
+use callingbox_engine::audio::OutboundPacket;
 use callingbox_engine::clock::Instant;
 use callingbox_engine::codecs::{G711Law, SampleRate};
 use callingbox_engine::conversation::{AgentConfig, AgentLoop, Providers};
@@ -35,8 +35,7 @@ use callingbox_engine::providers::scripted::{ScriptedAsr, ScriptedTts, TtsLatenc
 use callingbox_engine::session::{
     CallKey, CallMediaConfig, ConversationLink, EotPool, MediaEvent, MediaWorker, PacketSink,
 };
-use callingbox_engine::turns::TurnConfig;
-use callingbox_engine::vad::{VadBatch, VadGateConfig};
+use callingbox_engine::vad::VadBatch;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -578,17 +577,7 @@ fn run_worker(setup: WorkerSetup) -> WorkerReport {
         vad: vad_name,
         eot_loaded,
     });
-    let config = CallMediaConfig {
-        inbound: InboundCodec::G711(G711Law::MuLaw),
-        outbound: OutboundConfig::pcmu(SampleRate::Hz16000),
-        gate: VadGateConfig::default(),
-        turns: TurnConfig {
-            use_end_of_turn_model: setup.eot,
-            ..TurnConfig::default()
-        },
-        inband_dtmf: false,
-        answering_machine: None,
-    };
+    let config = CallMediaConfig::phone(setup.eot);
     let ramp_per_tick = setup.calls_expected.div_ceil(16).max(1);
     let now = StdInstant::now();
     let mut sink = RecordingSink {

@@ -94,9 +94,8 @@ use callingbox_bench::procfs::{
     ThreadSchedstat, cpu_seconds_by_thread_name, load_average, rss_bytes, thread_ids_named,
 };
 use callingbox_bench::stats::{Histogram, Summary};
-use callingbox_engine::audio::{InboundCodec, OutboundConfig};
 use callingbox_engine::clock::Instant;
-use callingbox_engine::codecs::{G711Law, SampleRate};
+use callingbox_engine::codecs::SampleRate;
 use callingbox_engine::conversation::{AgentConfig, AgentLoop, Providers};
 use callingbox_engine::providers::AsrProvider;
 use callingbox_engine::providers::scripted::{ScriptedAsr, ScriptedTts, TtsLatency};
@@ -106,8 +105,7 @@ use callingbox_engine::transport::sip::{
     IncomingCall, SipCallRefused, SipCallSetup, SipConfig, SipEnd, SipEvent, SipServer,
 };
 use callingbox_engine::transport::spawn_worker_thread;
-use callingbox_engine::turns::TurnConfig;
-use callingbox_engine::vad::{VadBatch, VadGateConfig};
+use callingbox_engine::vad::VadBatch;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -248,23 +246,6 @@ fn build_scripts(clips: &[Clip]) -> Vec<Arc<Script>> {
         .collect()
 }
 
-/// PCMU both ways (the voice at 16 kHz, so the outbound path resamples),
-/// the default VAD gate, transcript cues deciding the end of turn: a node
-/// without the end-of-turn model, as `platform/src/node.rs` starts it.
-fn pcmu_media() -> CallMediaConfig {
-    CallMediaConfig {
-        inbound: InboundCodec::G711(G711Law::MuLaw),
-        outbound: OutboundConfig::pcmu(SampleRate::Hz16000),
-        gate: VadGateConfig::default(),
-        turns: TurnConfig {
-            use_end_of_turn_model: false,
-            ..TurnConfig::default()
-        },
-        inband_dtmf: false,
-        answering_machine: None,
-    }
-}
-
 // ------------------------------------------------------------------ engine side
 
 /// How one call went, as the engine saw it.
@@ -357,7 +338,10 @@ impl Calls {
             }
         });
         Ok(SipCallSetup {
-            media: pcmu_media(),
+            // PCMU both ways, the voice at 16 kHz (the outbound path
+            // resamples), cues deciding the end of turn: as a node without
+            // the end-of-turn model.
+            media: CallMediaConfig::phone(false),
             link: Some(ConversationLink {
                 agent,
                 asr,

@@ -7,7 +7,9 @@
 //! [`AgentHandle::attach_call_control`](super::AgentHandle::attach_call_control)
 //! before the call starts; on a call whose transport did not, the tools
 //! answer the model with an error at once (the media stream has no way to
-//! send digits).
+//! send digits). On SIP, digits are media (the call's RTP task plays them)
+//! and transfers are signalling (the SIP task sends REFER): each kind has
+//! its own request type, so each task receives only what it acts on.
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -19,36 +21,44 @@ pub type CallControlReply = oneshot::Sender<Result<serde_json::Value, String>>;
 /// A request from the agent to the call's transport.
 #[derive(Debug)]
 pub enum CallControl {
-    /// Play these digits to the far end (RFC 4733 events on SIP); answer
-    /// once they were sent.
-    SendDigits {
-        /// The validated digits and pauses.
-        digits: Vec<DigitStep>,
-        /// The digits as the model gave them (for the result).
-        text: String,
-        /// The answer.
-        reply: CallControlReply,
-    },
-    /// Blind-transfer the call to `destination` (SIP REFER); answer once
-    /// the far end reports that the target answered (then the call ends)
-    /// or that the transfer failed (then the call goes on).
-    Transfer {
-        /// A phone number or a `sip:`/`tel:` URI, as configured.
-        destination: String,
-        /// The answer.
-        reply: CallControlReply,
-    },
+    /// Play digits to the far end.
+    SendDigits(DigitsRequest),
+    /// Blind-transfer the call.
+    Transfer(TransferRequest),
+}
+
+/// Play these digits to the far end (RFC 4733 events on SIP); answer once
+/// they were sent.
+#[derive(Debug)]
+pub struct DigitsRequest {
+    /// The validated digits and pauses.
+    pub digits: Vec<DigitStep>,
+    /// The digits as the model gave them (for the result).
+    pub text: String,
+    /// The answer.
+    pub reply: CallControlReply,
+}
+
+/// Blind-transfer the call to `destination` (SIP REFER); answer once the
+/// far end reports that the target answered (then the call ends) or that
+/// the transfer failed (then the call goes on).
+#[derive(Debug)]
+pub struct TransferRequest {
+    /// A phone number or a `sip:`/`tel:` URI, as configured.
+    pub destination: String,
+    /// The answer.
+    pub reply: CallControlReply,
 }
 
 impl CallControl {
     /// Answers the request with `result` (a request whose tool gave up is
     /// not an error).
     pub fn answer(self, result: Result<serde_json::Value, String>) {
-        match self {
-            CallControl::SendDigits { reply, .. } | CallControl::Transfer { reply, .. } => {
-                let _ = reply.send(result);
-            }
-        }
+        let reply = match self {
+            CallControl::SendDigits(request) => request.reply,
+            CallControl::Transfer(request) => request.reply,
+        };
+        let _ = reply.send(result);
     }
 }
 

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::call_control::{CallControl, CallControlReply};
+use super::call_control::{CallControl, CallControlReply, DigitsRequest, TransferRequest};
 use super::clauses::ClauseSplitter;
 use super::{CallClock, OutboundFrame};
 use crate::clock::Instant;
@@ -422,7 +422,8 @@ fn run_tool(ctx: &TurnContext, call: ToolCallRequest, write_used: &mut bool) -> 
                 Ok(destination) => destination,
                 Err(error) => return immediate(ToolOutcome::Error(error), false),
             };
-            let request = move |reply| CallControl::Transfer { destination, reply };
+            let request =
+                move |reply| CallControl::Transfer(TransferRequest { destination, reply });
             // The far end rings the target before it says how it went.
             return run_call_control(ctx, call, TRANSFER_WAIT, "transfer the call", request);
         }
@@ -496,10 +497,12 @@ fn send_dtmf_request(
         .to_owned();
     let digits = crate::transport::rtp_events::parse_digits(&text).map_err(|e| e.to_string())?;
     let playing = crate::transport::rtp_events::EventTiming::default().duration_of(&digits);
-    let request = move |reply| CallControl::SendDigits {
-        digits,
-        text,
-        reply,
+    let request = move |reply| {
+        CallControl::SendDigits(DigitsRequest {
+            digits,
+            text,
+            reply,
+        })
     };
     Ok((request, playing))
 }

@@ -55,6 +55,27 @@ pub struct CallMediaConfig {
     pub answering_machine: Option<AnsweringMachineConfig>,
 }
 
+impl CallMediaConfig {
+    /// A phone call's media: PCMU both ways with the voice at 16 kHz, the
+    /// default VAD gate and turn thresholds, the end of turn decided by the
+    /// semantic model (`end_of_turn_model`) or by transcript cues alone. The
+    /// SIP layer then sets the negotiated codec, in-band DTMF and
+    /// answering-machine detection.
+    pub fn phone(end_of_turn_model: bool) -> Self {
+        CallMediaConfig {
+            inbound: InboundCodec::G711(crate::codecs::G711Law::MuLaw),
+            outbound: OutboundConfig::pcmu(SampleRate::Hz16000),
+            gate: VadGateConfig::default(),
+            turns: TurnConfig {
+                use_end_of_turn_model: end_of_turn_model,
+                ..TurnConfig::default()
+            },
+            inband_dtmf: false,
+            answering_machine: None,
+        }
+    }
+}
+
 /// A call's media that cannot be set up.
 #[derive(Debug, Error)]
 pub enum CallMediaError {

@@ -27,7 +27,7 @@ use super::rtp_events::{EventPlayout, EventTiming};
 use super::sip::reinvite::MediaUpdate;
 use super::{CallOutput, WirePacket, WorkerHandle};
 use crate::clock::Instant;
-use crate::conversation::call_control::{CallControl, CallControlRequests};
+use crate::conversation::call_control::DigitsRequest;
 use crate::session::{CallKey, MediaEvent};
 
 /// Bytes of a fixed RTP header.
@@ -582,8 +582,9 @@ pub struct RtpCall {
     /// A copy of each agent packet sent (call recording, tests); a full
     /// channel drops copies, never delays the call.
     pub tap: Option<mpsc::Sender<WirePacket>>,
-    /// The agent's call-control requests (`send_dtmf`), if it has any.
-    pub call_control: Option<CallControlRequests>,
+    /// The agent's `send_dtmf` requests, if it has any (transfers are the
+    /// SIP task's).
+    pub call_control: Option<mpsc::UnboundedReceiver<DigitsRequest>>,
     /// The negotiated telephone-event payload type (none: digits cannot be sent).
     pub event_payload_type: Option<u8>,
     /// The call's RTCP, if it has any.
@@ -683,14 +684,13 @@ pub async fn run_rtp(
     );
     tokio::pin!(report_timer);
     let mut digits = DigitsOut::new(sender.clock_rate());
-    // The silence ticks. The agent is quiet until its first packet, and
-    // again once the worker says its audio finished (100 ms without a
-    // frame): a worker tick that runs late must not put silence into the
-    // middle of its speech.
-    // Burst: a late tick is caught up, so the silence keeps the clock's
-    // pace (its timestamps step one frame a packet: a schedule that slid
-    // with every late tick would drift behind them). The schedule restarts
-    // each time the agent falls quiet.
+    // Comfort silence: the agent is quiet until its first packet, and again
+    // once the worker says its audio finished (100 ms without a frame), so
+    // a late worker tick never puts silence into its speech. The ticker
+    // catches up late ticks (Burst): the silence's timestamps step a frame
+    // a packet, and a schedule that slid with each late tick would drift
+    // behind them. It restarts each time the agent falls quiet.
+    let silence = comfort_silence.unwrap_or_default();
     let mut quiet_ticker = tokio::time::interval(std::time::Duration::from_millis(20));
     quiet_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut agent_quiet = true;
@@ -732,7 +732,7 @@ pub async fn run_rtp(
                     digits.finished();
                 }
             }
-            scheduled = quiet_ticker.tick(), if agent_quiet && comfort_silence.is_some() && !held && !digits.playout.is_active() => {
+            scheduled = quiet_ticker.tick(), if agent_quiet && !silence.is_empty() && !held && !digits.playout.is_active() => {
                 // Ticks missed while paused (held, digits) or stalled are
                 // not sent in a burst: the silence starts over on the clock.
                 if scheduled.elapsed() > std::time::Duration::from_millis(60) {
@@ -740,20 +740,18 @@ pub async fn run_rtp(
                     silence_flowing = false;
                     continue;
                 }
-                if let Some(silence) = comfort_silence {
-                    // The first silence after the agent's audio (or digits)
-                    // follows a gap of a frame or two: it starts a new
-                    // talkspurt (marker: its timestamp follows the clock);
-                    // the next ones continue it.
-                    let after_digits = std::mem::take(&mut digits.resume_with_marker);
-                    let marker = !std::mem::replace(&mut silence_flowing, true) || after_digits;
-                    let now = now();
-                    if let Some(length) = sender.write(now, marker, silence, &mut outbound) {
-                        let to = receiver.peer().unwrap_or(remote);
-                        let packet = &outbound[..length];
-                        let sent = send_audio(&socket, to, rtcp_session.as_mut(), now, packet).await;
-                        receiver.count_silence_sent(sent);
-                    }
+                // The first silence after the agent's audio (or digits)
+                // follows a gap of a frame or two: it starts a new
+                // talkspurt (marker: its timestamp follows the clock); the
+                // next ones continue it.
+                let after_digits = std::mem::take(&mut digits.resume_with_marker);
+                let marker = !std::mem::replace(&mut silence_flowing, true) || after_digits;
+                let now = now();
+                if let Some(length) = sender.write(now, marker, silence, &mut outbound) {
+                    let to = receiver.peer().unwrap_or(remote);
+                    let packet = &outbound[..length];
+                    let sent = send_audio(&socket, to, rtcp_session.as_mut(), now, packet).await;
+                    receiver.count_silence_sent(sent);
                 }
             }
             output = outputs.recv() => match output {
@@ -922,7 +920,7 @@ async fn send_audio(
 struct DigitsOut {
     playout: EventPlayout,
     ticker: tokio::time::Interval,
-    waiting: Vec<(CallControl, String)>,
+    waiting: Vec<DigitsRequest>,
     resume_with_marker: bool,
 }
 
@@ -940,44 +938,34 @@ impl DigitsOut {
         }
     }
 
-    fn request(&mut self, request: CallControl, event_payload_type: Option<u8>) {
-        match request {
-            CallControl::SendDigits {
-                ref digits,
-                ref text,
-                ..
-            } => {
-                if event_payload_type.is_none() {
-                    request.answer(Err(
-                        "the call negotiated no telephone-event (RFC 4733): digits cannot be sent"
-                            .into(),
-                    ));
-                    return;
-                }
-                if !self.playout.is_active() {
-                    self.ticker.reset_immediately();
-                }
-                self.playout.queue(digits);
-                let text = text.clone();
-                self.waiting.push((request, text));
-            }
-            // Signalling's to do: the SIP task routes transfers itself.
-            CallControl::Transfer { .. } => {
-                request.answer(Err("this call's connection cannot transfer it".into()));
-            }
+    fn request(&mut self, request: DigitsRequest, event_payload_type: Option<u8>) {
+        if event_payload_type.is_none() {
+            let _ = request.reply.send(Err(
+                "the call negotiated no telephone-event (RFC 4733): digits cannot be sent".into(),
+            ));
+            return;
         }
+        if !self.playout.is_active() {
+            self.ticker.reset_immediately();
+        }
+        self.playout.queue(&request.digits);
+        self.waiting.push(request);
     }
 
     fn finished(&mut self) {
         self.resume_with_marker = true;
-        for (request, text) in self.waiting.drain(..) {
-            request.answer(Ok(serde_json::json!({ "sent": text })));
+        for request in self.waiting.drain(..) {
+            let _ = request
+                .reply
+                .send(Ok(serde_json::json!({ "sent": request.text })));
         }
     }
 }
 
-/// The next call-control request (pending forever without a channel).
-async fn next_request(control: &mut Option<CallControlRequests>) -> Option<CallControl> {
+/// The next digits request (pending forever without a channel).
+async fn next_request(
+    control: &mut Option<mpsc::UnboundedReceiver<DigitsRequest>>,
+) -> Option<DigitsRequest> {
     match control {
         Some(control) => control.recv().await,
         None => std::future::pending().await,

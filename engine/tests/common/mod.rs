@@ -5,4 +5,5 @@
 pub mod mock_http;
 pub mod mock_vendor;
 pub mod scripted_call;
+pub mod sip_engine;
 pub mod sipp;

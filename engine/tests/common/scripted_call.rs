@@ -6,9 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use callingbox_engine::audio::{InboundCodec, OutboundConfig};
 use callingbox_engine::clock::Instant;
-use callingbox_engine::codecs::{G711Law, SampleRate};
+use callingbox_engine::codecs::SampleRate;
 use callingbox_engine::conversation::{AgentConfig, AgentLoop, Providers};
 use callingbox_engine::events::CallEvent;
 use callingbox_engine::providers::scripted::{
@@ -17,8 +16,6 @@ use callingbox_engine::providers::scripted::{
 use callingbox_engine::providers::{AsrProvider, ProviderError};
 use callingbox_engine::session::{CallMediaConfig, ConversationLink};
 use callingbox_engine::tools::ToolSet;
-use callingbox_engine::turns::TurnConfig;
-use callingbox_engine::vad::VadGateConfig;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -108,15 +105,5 @@ pub fn scripted_conversation_with<S: AsRef<str>>(
 /// PCMU in and out (TTS at 16 kHz), default VAD gate, transcript cues
 /// deciding the end of turn (no end-of-turn model: runs stay exact).
 pub fn pcmu_media() -> CallMediaConfig {
-    CallMediaConfig {
-        inbound: InboundCodec::G711(G711Law::MuLaw),
-        outbound: OutboundConfig::pcmu(SampleRate::Hz16000),
-        gate: VadGateConfig::default(),
-        turns: TurnConfig {
-            use_end_of_turn_model: false,
-            ..TurnConfig::default()
-        },
-        inband_dtmf: false,
-        answering_machine: None,
-    }
+    CallMediaConfig::phone(false)
 }

@@ -29,7 +29,7 @@ use futures::stream::BoxStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use callingbox::dispatch::engine::call_media;
+use callingbox_engine::session::CallMediaConfig;
 
 /// A voice that plays the fixture recording of each line it is asked to say.
 #[derive(Debug, Clone)]
@@ -227,7 +227,7 @@ impl SipCallFactory for SimulatedCallee {
         });
         // A patient callee: it never asks "are you still there?" (its voice
         // has no recording of that) and waits a minute for a slow agent.
-        let mut media = call_media(false);
+        let mut media = CallMediaConfig::phone(false);
         media.turns.idle_prompt_after = None;
         media.turns.idle_hangup_after = Some(Duration::from_secs(60));
         Ok(SipCallSetup {

@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use callingbox_engine::amd::{AnsweredBy, AnsweringMachineConfig, MachineAction};
-use callingbox_engine::audio::{InboundCodec, OutboundConfig};
-use callingbox_engine::codecs::{G711Law, SampleRate};
 use callingbox_engine::conversation::{AgentConfig, AgentLoop, Providers};
 use callingbox_engine::events::{CallEvent, ProviderRole};
 use callingbox_engine::providers::{AsrProvider, LlmProvider, TtsProvider, primary_language};
@@ -17,8 +15,7 @@ use callingbox_engine::session::{CallMediaConfig, ConversationLink, MediaEvent};
 use callingbox_engine::transport::sip::{
     OutboundCall, Route, SipCallSetup, SipDialer, SipEnd, SipEvent, call_outcome,
 };
-use callingbox_engine::turns::{HangupReason, TurnConfig};
-use callingbox_engine::vad::VadGateConfig;
+use callingbox_engine::turns::HangupReason;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -57,22 +54,6 @@ impl std::fmt::Debug for SpeechStack {
         f.debug_struct("SpeechStack")
             .field("end_of_turn_model", &self.end_of_turn_model)
             .finish_non_exhaustive()
-    }
-}
-
-/// A call's media settings (the SIP layer sets the negotiated G.711 law).
-pub fn call_media(end_of_turn_model: bool) -> CallMediaConfig {
-    CallMediaConfig {
-        inbound: InboundCodec::G711(G711Law::MuLaw),
-        outbound: OutboundConfig::pcmu(SampleRate::Hz16000),
-        gate: VadGateConfig::default(),
-        turns: TurnConfig {
-            use_end_of_turn_model: end_of_turn_model,
-            ..TurnConfig::default()
-        },
-        // The SIP layer turns it on when no telephone-event was negotiated.
-        inband_dtmf: false,
-        answering_machine: None,
     }
 }
 
@@ -203,7 +184,7 @@ impl Telephony for EngineTelephony {
         };
         let (sip_tx, sip_rx) = mpsc::unbounded_channel();
         let call_cancel = CancellationToken::new();
-        let mut media = call_media(self.stack.end_of_turn_model);
+        let mut media = CallMediaConfig::phone(self.stack.end_of_turn_model);
         media.answering_machine = Some(answering_machine(&plan.voicemail_action));
         let setup = SipCallSetup {
             media,
@@ -444,6 +425,7 @@ fn line_end(reason: &SipEnd, answered: bool, answered_by: Option<AnsweredBy>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use callingbox_engine::codecs::SampleRate;
     use callingbox_engine::providers::scripted::{ScriptedAsr, ScriptedLlm, ScriptedTts};
 
     #[test]

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::engine::{SpeechStack, call_media, follow};
+use super::engine::{SpeechStack, follow};
 use super::{CallPlan, Dispatcher, InboundLine};
 use crate::billing::Pricing;
 use crate::clock::SharedClock;
@@ -107,7 +107,7 @@ impl LineStarter {
         Ok(StartedLine {
             link: conversation.link,
             epoch: conversation.epoch,
-            media: call_media(self.stack.end_of_turn_model),
+            media: CallMediaConfig::phone(self.stack.end_of_turn_model),
         })
     }
 }

@@ -189,6 +189,16 @@ impl TestNode {
         bought
     }
 
+    /// Buys a number and creates the agent `fields` describe answering
+    /// it (`number_ids` added); returns the agent and the number (E.164).
+    pub async fn agent_on_a_new_number(&self, mut fields: Value) -> (Value, String) {
+        let (number_id, number) = self.buy_numbers(1).await.remove(0);
+        fields["number_ids"] = json!([number_id]);
+        let (status, agent) = self.call("POST", "/v1/agents", Some(fields)).await;
+        assert_eq!(status, 201, "{agent}");
+        (agent, number)
+    }
+
     /// Polls `GET /v1/calls/{id}` until `done` holds of the call or
     /// `timeout` passes; returns the call last read.
     pub async fn call_until(

@@ -73,6 +73,9 @@ use super::rtp::{
 };
 use super::{CallSpec, WirePacket, WorkerHandle};
 use crate::clock::Instant;
+use crate::conversation::call_control::{
+    CallControl, CallControlRequests, DigitsRequest, TransferRequest,
+};
 use crate::events::EndedBy;
 use crate::session::{CallMediaConfig, ConversationLink, MediaEvent};
 pub use carrier::LocalCarrier;
@@ -484,30 +487,24 @@ fn random_seed() -> u64 {
 /// signalling). Ends when the agent or the RTP task goes away.
 fn route_call_control(
     call: SipCallId,
-    mut requests: crate::conversation::call_control::CallControlRequests,
+    mut requests: CallControlRequests,
     notices: &mpsc::UnboundedSender<Notice>,
-) -> crate::conversation::call_control::CallControlRequests {
-    use crate::conversation::call_control::CallControl;
+) -> mpsc::UnboundedReceiver<DigitsRequest> {
     let (media, media_requests) = mpsc::unbounded_channel();
     let notices = notices.clone();
     tokio::spawn(async move {
         while let Some(request) = requests.recv().await {
             match request {
-                CallControl::Transfer { destination, reply } => {
-                    let notice = Notice::Transfer {
-                        call,
-                        destination,
-                        reply,
-                    };
-                    if let Err(mpsc::error::SendError(Notice::Transfer { reply, .. })) =
-                        notices.send(notice)
+                CallControl::Transfer(request) => {
+                    if let Err(mpsc::error::SendError(Notice::Transfer { request, .. })) =
+                        notices.send(Notice::Transfer { call, request })
                     {
-                        let _ = reply.send(Err("the call is over".into()));
+                        let _ = request.reply.send(Err("the call is over".into()));
                     }
                 }
-                digits @ CallControl::SendDigits { .. } => {
-                    if let Err(mpsc::error::SendError(request)) = media.send(digits) {
-                        request.answer(Err("the call is over".into()));
+                CallControl::SendDigits(request) => {
+                    if let Err(mpsc::error::SendError(request)) = media.send(request) {
+                        let _ = request.reply.send(Err("the call is over".into()));
                         return;
                     }
                 }
@@ -545,8 +542,7 @@ enum Notice {
     /// The agent asks to transfer the call.
     Transfer {
         call: SipCallId,
-        destination: String,
-        reply: crate::conversation::call_control::CallControlReply,
+        request: TransferRequest,
     },
     /// The call's media ended; `hung_up` if the engine ended it (send BYE).
     Finished { call: SipCallId, hung_up: bool },
@@ -592,8 +588,8 @@ struct Driver {
     ),
     /// Open TCP connections by peer, to write to.
     tcp_connections: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>,
-    /// Transfers under way: the destination and the agent's waiting tool.
-    transfers: HashMap<SipCallId, (String, crate::conversation::call_control::CallControlReply)>,
+    /// Transfers under way, their tools waiting for the outcome.
+    transfers: HashMap<SipCallId, TransferRequest>,
 }
 
 /// Accepts on `listener`, or never if there is none.
@@ -740,9 +736,7 @@ impl Driver {
                     }
                 }
                 Some(notice) = self.notices.1.recv() => match notice {
-                    Notice::Transfer { call, destination, reply } => {
-                        self.on_transfer(call, destination, reply);
-                    }
+                    Notice::Transfer { call, request } => self.on_transfer(call, request),
                     Notice::Finished { call, hung_up } => {
                         self.running.remove(&call);
                         // A transfer still waiting learns the call is over.
@@ -1038,28 +1032,25 @@ impl Driver {
 
 impl Driver {
     /// The agent's `transfer_call`: REFER in the call's dialog.
-    fn on_transfer(
-        &mut self,
-        call: SipCallId,
-        destination: String,
-        reply: crate::conversation::call_control::CallControlReply,
-    ) {
+    fn on_transfer(&mut self, call: SipCallId, request: TransferRequest) {
         let now = self.now();
+        let destination = &request.destination;
         let sent = if is_outbound(call) {
             self.uac
-                .transfer(now, call, &destination)
+                .transfer(now, call, destination)
                 .map_err(|e| e.to_string())
         } else {
             self.uas
-                .transfer(now, call, &destination)
+                .transfer(now, call, destination)
                 .map_err(|e| e.to_string())
         };
         match sent {
             Ok(()) => {
-                self.transfers.insert(call, (destination, reply));
+                self.transfers.insert(call, request);
             }
             Err(error) => {
-                let _ = reply.send(Err(format!("the call cannot be transferred: {error}")));
+                let reason = format!("the call cannot be transferred: {error}");
+                let _ = request.reply.send(Err(reason));
             }
         }
     }
@@ -1068,7 +1059,7 @@ impl Driver {
     /// reached its target ends our side of the call (RFC 5589 6: the
     /// transferor sends BYE).
     fn on_transfer_ended(&mut self, call: SipCallId, outcome: refer::TransferOutcome) {
-        let Some((destination, reply)) = self.transfers.remove(&call) else {
+        let Some(TransferRequest { destination, reply }) = self.transfers.remove(&call) else {
             return;
         };
         match outcome {
